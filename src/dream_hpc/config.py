@@ -1,0 +1,401 @@
+"""Survey configuration: the schema, its defaults (the only place they live) and validation.
+
+A config is one YAML file. Every key is declared here as a dataclass field with a type and a
+default; `load_config` rejects unknown keys, wrong types and impossible combinations with one
+line that names the key and the fix, before any compute starts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+# --- NIRCam facts used for validation (not user-tunable) -------------------------------------
+SW_DETECTORS = tuple(f"NRC{m}{i}" for m in "AB" for i in range(1, 5))
+LW_DETECTORS = ("NRCA5", "NRCB5")
+SW_FILTERS = ("F070W", "F090W", "F115W", "F140M", "F150W", "F150W2", "F162M", "F164N", "F182M",
+              "F187N", "F200W", "F210M", "F212N")
+LW_FILTERS = ("F250M", "F277W", "F300M", "F322W2", "F323N", "F335M", "F356W", "F360M", "F405N",
+              "F410M", "F430M", "F444W", "F460M", "F466N", "F470N", "F480M")
+READ_PATTERNS = {  # name: (nframes, groupgap) as in NIRCam's read pattern definitions
+    "RAPID": (1, 0), "BRIGHT1": (1, 1), "BRIGHT2": (2, 0), "SHALLOW2": (2, 3), "SHALLOW4": (4, 1),
+    "MEDIUM2": (2, 8), "MEDIUM8": (8, 2), "DEEP2": (2, 18), "DEEP8": (8, 12),
+}
+SUBARRAYS = ("FULL", "SUB640", "SUB320", "SUB160", "SUB400P", "SUB160P", "SUB64P")
+PIPELINES = ("detector1", "image2", "image3")
+
+
+class ConfigError(ValueError):
+    """A config problem, phrased as one line: where, what, and how to fix it."""
+
+
+def is_short_wave(detector: str) -> bool:
+    return detector.upper() in SW_DETECTORS
+
+
+# --- schema ---------------------------------------------------------------------------------
+@dataclass
+class SurveySection:
+    name: str = "dream-survey"
+    program: str = "09999"  # APT program id, 5 digits (quoted in YAML: 01234 would be octal)
+    observation: int = 1
+    seed: int = 20221026  # survey seed; every per-unit seed derives from it and the unit id
+    start_date: str = "2024-01-01"  # observation date (UTC) of the first exposure
+    start_time: str = "00:00:00.000"
+
+
+@dataclass
+class CatalogColumns:
+    """Catalog column names; DREaM's own names are the defaults. `mag` is a template with {filter}."""
+
+    id: str = "ID"
+    ra: str = "RA"
+    dec: str = "DEC"
+    redshift: str = "redshift"
+    mag: str = "NRC_{filter}"  # AB magnitude per filter, e.g. NRC_F150W
+    sersic: str = "sersic_n"
+    radius: str = "Re_arcsec"  # effective (half-light) radius along the major axis, arcsec
+    axis_ratio: str = "axis_ratio"  # b/a
+    position_angle: str = "PA"  # degrees East of North
+    is_star: str = "is_star"  # optional boolean column; absent means all galaxies
+
+
+@dataclass
+class CatalogSynth:
+    """How `dream-hpc catalog synth` (and `make demo`) draws a DREaM-like mock for the footprint."""
+
+    mag_limit: float = 28.5
+    margin_arcsec: float = 20.0
+    density_scale: float = 1.0  # >1 packs more galaxies per area than the real sky (demo convenience)
+    star_density_arcmin2: float = 2.0  # stars per arcmin^2 (COSMOS-like high latitude by default)
+    star_mag_range: tuple[float, float] = (18.0, 24.0)
+
+
+@dataclass
+class CatalogSection:
+    path: str = "catalog.ecsv"  # FITS, HDF5 or ECSV; relative paths are relative to the config file
+    format: str = "auto"  # auto | fits | hdf5 | ecsv
+    hdf5_dataset: str = "catalog"
+    columns: CatalogColumns = field(default_factory=CatalogColumns)
+    margin_arcsec: float = 3.0  # sources this far outside a detector still get simulated (PSF wings)
+    mag_limit: float = 29.0  # fainter sources are not simulated
+    synth: CatalogSynth = field(default_factory=CatalogSynth)
+
+
+@dataclass
+class DitherSection:
+    points: int = 3  # exposures per pointing
+    step_arcsec: float = 1.0  # size of the dither pattern
+    pattern: str = "line"  # line | box | random (random is seeded by the survey seed)
+
+
+@dataclass
+class AptSection:
+    xml: str = ""  # APT export (.xml)
+    pointing: str = ""  # APT export (.pointing)
+
+
+@dataclass
+class PointingSection:
+    mode: str = "mosaic"  # mosaic | apt
+    center_ra: float = 150.1163  # deg (COSMOS)
+    center_dec: float = 2.2010
+    pa_v3: float = 0.0  # deg, telescope roll
+    rows: int = 1
+    cols: int = 1
+    step_arcsec: float = 0.0  # mosaic tile spacing; 0 means "a detector width minus 10% overlap"
+    dither: DitherSection = field(default_factory=DitherSection)
+    apt: AptSection = field(default_factory=AptSection)
+
+
+@dataclass
+class ReadoutSection:
+    readpatt: str = "BRIGHT2"
+    ngroups: int = 4
+    nints: int = 1
+
+
+@dataclass
+class InstrumentSection:
+    detectors: list[str] = field(default_factory=lambda: ["NRCB1", "NRCB5"])
+    # One (SW, LW) filter pair per visit sequence: NIRCam images both channels at once.
+    filter_pairs: list[tuple[str, str]] = field(default_factory=lambda: [("F150W", "F277W")])
+    subarray: str = "SUB400P"
+    readout: ReadoutSection = field(default_factory=ReadoutSection)
+
+
+@dataclass
+class SimulationSection:
+    background_rate: float = 0.2  # ADU/s/pixel, handed to Mirage as `bkgdrate` (a number: no archive)
+    cosmic_rays: bool = True
+    cosmic_ray_library: str = "SUNMIN"
+    cosmic_ray_scale: float = 1.0
+    psf_wings: bool = False
+
+
+@dataclass
+class ReferencesSection:
+    crds_path: str = "build/refkit/crds_cache"  # relative paths: relative to the config file
+    context: str = "jwst_0001.pmap"  # pinned CRDS context
+    mirage_data: str = "build/refkit/mirage_data"
+
+
+@dataclass
+class PipelineSection:
+    """Per-step overrides, `{step_name: {parameter: value}}`; anything unset keeps jwst's default."""
+
+    detector1: dict[str, dict[str, Any]] = field(default_factory=dict)
+    image2: dict[str, dict[str, Any]] = field(default_factory=dict)
+    image3: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+@dataclass
+class EngineSection:
+    unit_timeout_s: float = 0.0  # 0: derived from the plan's estimate (x timeout_factor)
+    timeout_factor: float = 10.0
+    min_timeout_s: float = 300.0
+    allow_partial_mosaic: bool = False
+    keep_intermediate: bool = True  # keep *_uncal and *_rate after a unit finishes
+
+
+@dataclass
+class SurveyConfig:
+    survey: SurveySection = field(default_factory=SurveySection)
+    catalog: CatalogSection = field(default_factory=CatalogSection)
+    pointings: PointingSection = field(default_factory=PointingSection)
+    instrument: InstrumentSection = field(default_factory=InstrumentSection)
+    simulation: SimulationSection = field(default_factory=SimulationSection)
+    references: ReferencesSection = field(default_factory=ReferencesSection)
+    pipeline: PipelineSection = field(default_factory=PipelineSection)
+    engine: EngineSection = field(default_factory=EngineSection)
+    # Not part of the YAML: where the file was read from (relative paths resolve against it).
+    source: Path | None = field(default=None, repr=False, compare=False)
+    text: str = field(default="", repr=False, compare=False)
+
+    def resolve(self, path: str) -> Path:
+        """A path from the config, absolute; relative ones are relative to the config file."""
+        p = Path(path).expanduser()
+        if not p.is_absolute() and self.source is not None:
+            p = self.source.parent / p
+        return p.resolve()
+
+    @property
+    def sha256(self) -> str:
+        return hashlib.sha256(self.text.encode()).hexdigest()
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d.pop("source", None)
+        d.pop("text", None)
+        return _plain(d)
+
+
+# --- loading and validation -----------------------------------------------------------------
+_YAML_ONLY = {"source", "text"}
+
+
+def _plain(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {k: _plain(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_plain(v) for v in obj]
+    return obj
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", str(tp)).replace("typing.", "")
+
+
+def _coerce(value: Any, tp: Any, where: str) -> Any:
+    """Check `value` against the annotation `tp`, converting what YAML cannot express (tuples)."""
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping of keys, got {value!r}")
+        return _build(tp, value, where)
+    if tp is Any:
+        return value
+    if origin in (types.UnionType, typing.Union):
+        errors = []
+        for alt in typing.get_args(tp):
+            try:
+                return _coerce(value, alt, where)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(errors[0])
+    if tp is type(None):
+        if value is not None:
+            raise ConfigError(f"{where}: expected nothing (null), got {value!r}")
+        return None
+    if origin is list:
+        (item,) = typing.get_args(tp)
+        if not isinstance(value, list):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        return [_coerce(v, item, f"{where}[{i}]") for i, v in enumerate(value)]
+    if origin is tuple:
+        items = typing.get_args(tp)
+        if not isinstance(value, list | tuple) or len(value) != len(items):
+            raise ConfigError(f"{where}: expected a list of {len(items)} values, got {value!r}")
+        return tuple(_coerce(v, t, f"{where}[{i}]") for i, (v, t) in enumerate(zip(value, items, strict=True)))
+    if origin is dict:
+        ktp, vtp = typing.get_args(tp)
+        if value is None:
+            return {}
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+        return {_coerce(k, ktp, where): _coerce(v, vtp, f"{where}.{k}") for k, v in value.items()}
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"{where}: expected a number, got {value!r}")
+        return float(value)
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where}: expected a whole number, got {value!r}")
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: expected true or false, got {value!r}")
+        return value
+    if tp is str:
+        if not isinstance(value, str):
+            hint = " (quote it: YAML reads 01234 as a number)" if isinstance(value, int) else ""
+            raise ConfigError(f"{where}: expected text, got {value!r}{hint}")
+        return value
+    raise ConfigError(f"{where}: unsupported type {_type_name(tp)}")  # pragma: no cover
+
+
+def _build(cls: type, data: dict[str, Any], where: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls) if f.name not in _YAML_ONLY]
+    kwargs = {}
+    for key, value in data.items():
+        path = f"{where}.{key}" if where else str(key)
+        if key not in names:
+            import difflib
+
+            close = difflib.get_close_matches(str(key), names, n=1)
+            hint = f"did you mean '{close[0]}'?" if close else f"allowed: {', '.join(names)}"
+            raise ConfigError(f"{path}: unknown key ({hint})")
+        kwargs[key] = _coerce(value, hints[key], path)
+    return cls(**kwargs)
+
+
+def validate(cfg: SurveyConfig) -> None:
+    """Cross-field checks: combinations the schema's types alone cannot rule out."""
+    ins = cfg.instrument
+    if not ins.detectors:
+        raise ConfigError("instrument.detectors: empty (list at least one detector, e.g. [NRCB1])")
+    for i, det in enumerate(ins.detectors):
+        if det.upper() not in SW_DETECTORS + LW_DETECTORS:
+            raise ConfigError(f"instrument.detectors[{i}]: unknown detector {det!r} "
+                              f"(choose from {', '.join(SW_DETECTORS + LW_DETECTORS)})")
+    if len(set(ins.detectors)) != len(ins.detectors):
+        raise ConfigError("instrument.detectors: a detector is listed twice")
+    if not ins.filter_pairs:
+        raise ConfigError("instrument.filter_pairs: empty (give at least one [SW, LW] pair, e.g. [F150W, F277W])")
+    for i, (sw, lw) in enumerate(ins.filter_pairs):
+        if sw.upper() in LW_FILTERS:
+            raise ConfigError(f"instrument.filter_pairs[{i}]: {sw} is a long-wave filter in the short-wave "
+                              f"slot (write pairs as [SW, LW], e.g. [F150W, {sw}])")
+        if sw.upper() not in SW_FILTERS:
+            raise ConfigError(f"instrument.filter_pairs[{i}][0]: unknown short-wave filter {sw!r} "
+                              f"(choose from {', '.join(SW_FILTERS)})")
+        if lw.upper() in SW_FILTERS:
+            raise ConfigError(f"instrument.filter_pairs[{i}]: {lw} is a short-wave filter in the long-wave "
+                              f"slot (write pairs as [SW, LW], e.g. [{lw}, F277W])")
+        if lw.upper() not in LW_FILTERS:
+            raise ConfigError(f"instrument.filter_pairs[{i}][1]: unknown long-wave filter {lw!r} "
+                              f"(choose from {', '.join(LW_FILTERS)})")
+    if ins.subarray not in SUBARRAYS:
+        raise ConfigError(f"instrument.subarray: unknown subarray {ins.subarray!r} (choose from {', '.join(SUBARRAYS)})")
+    ro = ins.readout
+    if ro.readpatt not in READ_PATTERNS:
+        raise ConfigError(f"instrument.readout.readpatt: unknown pattern {ro.readpatt!r} "
+                          f"(choose from {', '.join(READ_PATTERNS)})")
+    if not 2 <= ro.ngroups <= 20:
+        raise ConfigError(f"instrument.readout.ngroups: {ro.ngroups} is outside 2..20 (a slope needs 2 groups)")
+    if ro.nints < 1:
+        raise ConfigError(f"instrument.readout.nints: {ro.nints} must be at least 1")
+    s = cfg.survey
+    if not (len(s.program) == 5 and s.program.isdigit()):
+        raise ConfigError(f"survey.program: {s.program!r} must be 5 digits, quoted (e.g. '01234')")
+    if not 0 <= s.seed < 2**32:
+        raise ConfigError(f"survey.seed: {s.seed} must be in 0..2**32-1")
+    import datetime as _dt
+
+    try:
+        _dt.date.fromisoformat(s.start_date)
+    except ValueError:
+        raise ConfigError(f"survey.start_date: {s.start_date!r} is not a date (write YYYY-MM-DD)") from None
+    p = cfg.pointings
+    if p.mode not in ("mosaic", "apt"):
+        raise ConfigError(f"pointings.mode: {p.mode!r} (choose mosaic or apt)")
+    if p.mode == "apt" and not (p.apt.xml and p.apt.pointing):
+        raise ConfigError("pointings.apt: mode is apt but xml/pointing are not both given (name the APT exports)")
+    if p.mode == "mosaic" and (p.rows < 1 or p.cols < 1):
+        raise ConfigError("pointings.rows/cols: must be at least 1")
+    if not -90 <= p.center_dec <= 90:
+        raise ConfigError(f"pointings.center_dec: {p.center_dec} is not a declination (-90..90)")
+    if p.dither.points < 1:
+        raise ConfigError("pointings.dither.points: must be at least 1")
+    if p.dither.pattern not in ("line", "box", "random"):
+        raise ConfigError(f"pointings.dither.pattern: {p.dither.pattern!r} (choose line, box or random)")
+    if cfg.catalog.format not in ("auto", "fits", "hdf5", "ecsv"):
+        raise ConfigError(f"catalog.format: {cfg.catalog.format!r} (choose auto, fits, hdf5 or ecsv)")
+    ctx = cfg.references.context
+    import re
+
+    if not re.fullmatch(r"jwst_\d{4}\.pmap", ctx):
+        raise ConfigError(f"references.context: {ctx!r} is not a pinned JWST context (write jwst_NNNN.pmap)")
+    for name in PIPELINES:
+        for step, params in getattr(cfg.pipeline, name).items():
+            if not isinstance(params, dict):
+                raise ConfigError(f"pipeline.{name}.{step}: expected a mapping of step parameters")
+    if cfg.engine.timeout_factor <= 1:
+        raise ConfigError("engine.timeout_factor: must be > 1")
+
+
+def parse_config(text: str, source: Path | None = None) -> SurveyConfig:
+    name = str(source) if source else "config"
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigError(f"{name}: not valid YAML{at} ({getattr(e, 'problem', e)}); fix the syntax") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{name}: expected a mapping of sections at the top level")
+    try:
+        cfg = _build(SurveyConfig, data, "")
+        validate(cfg)
+    except ConfigError as e:
+        raise ConfigError(f"{name}: {e}") from None
+    cfg.source = source.resolve() if source else None
+    cfg.text = text
+    return cfg
+
+
+def load_config(path: str | Path) -> SurveyConfig:
+    """Read and validate a survey config; raises ConfigError with a one-line message."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found (check the path, e.g. config/demo.yaml)")
+    return parse_config(path.read_text(), path)
+
+
+def defaults() -> SurveyConfig:
+    return SurveyConfig()
+
+
+def defaults_yaml() -> str:
+    """Every config key with its default, as YAML (shown by `dream-hpc params`)."""
+    return yaml.safe_dump(defaults().to_dict(), sort_keys=False)
