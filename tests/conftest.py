@@ -1,0 +1,22 @@
+"""Shared pytest fixtures: the offline reference kit, built once per session (or reused from `make kit`)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def refkit_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A built reference kit: build/refkit if `make kit` built it, else a fresh one in a tmp dir."""
+    built = ROOT / "build" / "refkit"
+    if (built / ".built").exists():
+        return built
+    out = tmp_path_factory.mktemp("refkit")
+    subprocess.run([sys.executable, "-m", "dream_hpc", "refkit", "build", "--out", str(out)], check=True)
+    return out
