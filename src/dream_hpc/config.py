@@ -53,7 +53,11 @@ class SurveySection:
 
 @dataclass
 class CatalogColumns:
-    """Catalog column names; DREaM's own names are the defaults. `mag` is a template with {filter}."""
+    """Catalog column names, DREaM-like by default; `mag` is a template with {filter}.
+
+    DREaM's public column names could not be checked offline: map your file's names here
+    (`dream-hpc catalog check` names any column it cannot find and this key).
+    """
 
     id: str = "ID"
     ra: str = "RA"
@@ -86,6 +90,11 @@ class CatalogSection:
     columns: CatalogColumns = field(default_factory=CatalogColumns)
     margin_arcsec: float = 3.0  # sources this far outside a detector still get simulated (PSF wings)
     mag_limit: float = 29.0  # fainter sources are not simulated
+    # Units of the mapped columns. DREaM stores the semi-major half-light radius in kpc and is centred
+    # on RA = Dec = 0 (Drakos' notes): set radius_unit: kpc and recenter: true for the original file.
+    radius_unit: str = "arcsec"  # arcsec | kpc (kpc is converted with the redshift, Planck 2018)
+    mag_unit: str = "ABmag"  # ABmag | nJy (flux columns are converted to AB magnitudes)
+    recenter: bool = False  # true: move the catalog's centre onto pointings.center_ra/dec (tangent plane)
     synth: CatalogSynth = field(default_factory=CatalogSynth)
 
 
@@ -110,7 +119,10 @@ class PointingSection:
     pa_v3: float = 0.0  # deg, telescope roll
     rows: int = 1
     cols: int = 1
-    step_arcsec: float = 0.0  # mosaic tile spacing; 0 means "a detector width minus 10% overlap"
+    # Mosaic tile spacing (ideal x, ideal y) in arcsec; 0 = the units' footprint width minus `overlap`.
+    # cols run along ideal x (NIRCam's long 5.1' axis), rows along ideal y.
+    step_arcsec: tuple[float, float] = (0.0, 0.0)
+    overlap: float = 0.1  # fractional tile overlap used when step_arcsec is 0
     dither: DitherSection = field(default_factory=DitherSection)
     apt: AptSection = field(default_factory=AptSection)
 
@@ -347,6 +359,14 @@ def validate(cfg: SurveyConfig) -> None:
         raise ConfigError("pointings.dither.points: must be at least 1")
     if p.dither.pattern not in ("line", "box", "random"):
         raise ConfigError(f"pointings.dither.pattern: {p.dither.pattern!r} (choose line, box or random)")
+    if cfg.catalog.radius_unit not in ("arcsec", "kpc"):
+        raise ConfigError(f"catalog.radius_unit: {cfg.catalog.radius_unit!r} (choose arcsec or kpc)")
+    if cfg.catalog.mag_unit not in ("ABmag", "nJy"):
+        raise ConfigError(f"catalog.mag_unit: {cfg.catalog.mag_unit!r} (choose ABmag or nJy)")
+    if not 0.0 <= p.overlap < 0.9:
+        raise ConfigError(f"pointings.overlap: {p.overlap} must be in 0..0.9 (fraction of a tile)")
+    if min(p.step_arcsec) < 0:
+        raise ConfigError("pointings.step_arcsec: tile spacing cannot be negative (0 = automatic)")
     if cfg.catalog.format not in ("auto", "fits", "hdf5", "ecsv"):
         raise ConfigError(f"catalog.format: {cfg.catalog.format!r} (choose auto, fits, hdf5 or ecsv)")
     ctx = cfg.references.context
