@@ -175,6 +175,10 @@ class EngineSection:
     min_timeout_s: float = 300.0
     allow_partial_mosaic: bool = False
     keep_intermediate: bool = True  # keep *_uncal and *_rate after a unit finishes
+    # Rank 0 also computes (its worker subprocess) while it hands out units; measured faster on
+    # 2 ranks / 2 cores (bench/bench_engine.py). false: rank 0 only coordinates (very many ranks).
+    coordinator_works: bool = True
+    progress_interval_s: float = 30.0  # seconds between progress lines when stderr is not a terminal
 
 
 @dataclass

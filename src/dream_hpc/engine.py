@@ -1,0 +1,567 @@
+"""The scheduler-neutral execution core: `dream-hpc run`, longest-first dynamic scheduling, resume.
+
+The same code runs serially (one process), under `mpiexec` and under `srun`: `mpi.world()` gives a
+communicator (serial or MPI) and this module only ever asks it to send, poll, broadcast and gather.
+Rank 0 hands out tasks on request, longest expected first, so a slow unit never leaves other ranks
+idle; a task is one unit (simulate -> detector1 -> image2) or, once all units of a filter have
+ended, exactly one Image3 mosaic of that filter. Each rank computes in a worker subprocess
+(`worker.py`) and journals what happened; a finished unit is recognised on resume by the checksums
+in its journal records, verified against the files on disk.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import heapq
+import os
+import socket
+import sys
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from dream_hpc.cli import UserError
+from dream_hpc.config import SurveyConfig, load_config, parse_config
+from dream_hpc.rundir import RunDir, RunDirError, atomic_write_text, sha256_file
+from dream_hpc.workunit import WorkUnit
+
+UNIT_STAGES = ("simulate", "detector1", "image2")
+# Image3 cost relative to the summed estimates of its input units: rough, only for its time limit.
+MOSAIC_COST_FRACTION = 0.5
+# Units with no estimate still need an order and a limit.
+DEFAULT_UNIT_COST_S = 60.0
+
+
+# --- tasks and resume ----------------------------------------------------------------------
+def verify_outputs(run: RunDir, outputs: dict[str, str]) -> bool:
+    """Every recorded product exists and has its recorded sha256 (a file merely existing is not enough)."""
+    if not outputs:
+        return False
+    for rel, sha in outputs.items():
+        try:
+            path = run.inside(rel)
+        except RunDirError:
+            return False
+        if not path.is_file() or sha256_file(path) != sha:
+            return False
+    return True
+
+
+@dataclass
+class Task:
+    """One thing a rank computes: a unit's remaining stages, or one filter's mosaic."""
+
+    key: str  # unit id, or mosaic_<FILTER>
+    kind: str  # unit | mosaic
+    cost: float  # expected CPU seconds (the plan's estimate): longest first
+    limit_s: float  # time limit; over it the worker is killed and the task recorded as timed out
+    unit: WorkUnit | None = None
+    filter: str | None = None
+    units: list[WorkUnit] = field(default_factory=list)  # a mosaic's inputs
+    recorded: dict[str, Any] = field(default_factory=dict)  # what earlier attempts journaled
+    expected_inputs: dict[str, str] = field(default_factory=dict)  # a mosaic's current *_cal checksums
+    verified_stages: list[str] = field(default_factory=list)
+
+    @property
+    def priority(self) -> int:
+        """Mosaics first (they end the survey), then quick re-checks of recorded units, then new work."""
+        if self.kind == "mosaic":
+            return 0
+        return 1 if self.recorded.get("done") or self.recorded.get("stages") else 2
+
+    def sort_key(self) -> tuple[int, float, str]:
+        return (self.priority, -self.cost, self.key)
+
+    def stages_expected(self) -> list[str]:
+        return list(UNIT_STAGES) if self.kind == "unit" else ["mosaic"]
+
+    def resume_plan(self, run: RunDir) -> tuple[list[str], dict[str, str]]:
+        """(stages still to run, checksums of products verified on disk). Runs on the rank: hashing
+        is spread over the ranks instead of serialising on rank 0."""
+        self.verified_stages = []
+        if self.kind == "mosaic":
+            done = self.recorded.get("done") or {}
+            cal_in = {p: h for p, h in done.get("inputs", {}).items() if p.endswith("_cal.fits")}
+            if done and cal_in == self.expected_inputs and verify_outputs(run, done.get("outputs", {})):
+                return [], dict(done["outputs"])
+            return ["mosaic"], {}
+        done = self.recorded.get("done")
+        if done and verify_outputs(run, done.get("outputs", {})):
+            return [], dict(done["outputs"])
+        verified: dict[str, str] = {}
+        previous: dict[str, str] | None = None
+        for stage in UNIT_STAGES:
+            rec = self.recorded.get("stages", {}).get(stage)
+            if not rec or not verify_outputs(run, rec.get("outputs", {})):
+                break
+            # a stage counts only if it read exactly the products the stage before it left
+            if previous is not None and any(previous.get(p, h) != h for p, h in rec.get("inputs", {}).items()):
+                break
+            verified.update(rec["outputs"])
+            previous = rec["outputs"]
+            self.verified_stages.append(stage)
+        return list(UNIT_STAGES[len(self.verified_stages):]), verified
+
+
+def unit_time_limit(cfg: SurveyConfig, cost: float) -> float:
+    eng = cfg.engine
+    if eng.unit_timeout_s > 0:
+        return eng.unit_timeout_s
+    return max(eng.min_timeout_s, cost * eng.timeout_factor)
+
+
+# --- the scheduler (no MPI, no processes: also driven by bench/scheduler_sim.py) -------------
+MosaicFactory = Callable[[str, list[Task], dict[str, Any]], Task]
+
+
+class Scheduler:
+    """Hands out tasks longest-first on request and releases one mosaic per filter when its units end.
+
+    A filter's mosaic is released when every unit of that filter has ended: with all of them
+    succeeded, or with some failed if partial mosaics are allowed; otherwise it is blocked with a
+    message naming the missing units.
+    """
+
+    def __init__(self, tasks: list[Task], mosaic_factory: MosaicFactory | None = None,
+                 allow_partial: bool = False):
+        self.tasks = {t.key: t for t in tasks}
+        self._heap = [(t.sort_key(), t.key) for t in tasks]
+        heapq.heapify(self._heap)
+        self.running: dict[str, Task] = {}
+        self.outcomes: dict[str, Any] = {}
+        self.mosaic_factory = mosaic_factory
+        self.allow_partial = allow_partial
+        self.blocked: dict[str, str] = {}  # filter -> why its mosaic did not run
+        self._left: dict[str, int] = {}
+        for t in tasks:
+            if t.kind == "unit" and t.unit is not None:
+                self._left[t.unit.filter] = self._left.get(t.unit.filter, 0) + 1
+
+    def push(self, task: Task) -> None:
+        self.tasks[task.key] = task
+        heapq.heappush(self._heap, (task.sort_key(), task.key))
+
+    def next(self) -> Task | None:
+        if not self._heap:
+            return None
+        _, key = heapq.heappop(self._heap)
+        task = self.tasks[key]
+        self.running[key] = task
+        return task
+
+    @property
+    def pending(self) -> int:
+        return len(self._heap)
+
+    @property
+    def finished(self) -> bool:
+        return not self._heap and not self.running
+
+    def complete(self, outcome: Any) -> Task | None:
+        """Record an outcome; returns the mosaic task it released, if any."""
+        task = self.running.pop(outcome.key)
+        self.outcomes[outcome.key] = outcome
+        if task.kind != "unit" or task.unit is None or self.mosaic_factory is None:
+            return None
+        filt = task.unit.filter
+        self._left[filt] -= 1
+        if self._left[filt]:
+            return None
+        mine = [t for t in self.tasks.values() if t.kind == "unit" and t.unit is not None and t.unit.filter == filt]
+        ok = [t for t in mine if self.outcomes[t.key].status in ("done", "skipped")]
+        bad = sorted(t.key for t in mine if self.outcomes[t.key].status not in ("done", "skipped"))
+        if not ok:
+            self.blocked[filt] = f"mosaic {filt} not run: none of its {len(mine)} units succeeded"
+            return None
+        if bad and not self.allow_partial:
+            names = ", ".join(bad[:8]) + (f" and {len(bad) - 8} more" if len(bad) > 8 else "")
+            self.blocked[filt] = (f"mosaic {filt} not run: {len(bad)} of its {len(mine)} units did not finish "
+                                  f"({names}); rerun to retry them, or set engine.allow_partial_mosaic: true")
+            return None
+        mosaic = self.mosaic_factory(filt, ok, self.outcomes)
+        self.push(mosaic)
+        return mosaic
+
+
+# --- rank 0: the coordinator loop ----------------------------------------------------------
+class Coordinator:
+    """Rank 0: serves requests from other ranks and feeds its own executor, until all tasks ended."""
+
+    def __init__(self, comm: Any, scheduler: Scheduler, executor: Any | None, progress: Any, journal: Any):
+        self.comm, self.sched, self.executor = comm, scheduler, executor
+        self.progress, self.journal = progress, journal
+        self.idle: deque[int] = deque()
+        self.stopped: set[int] = set()
+
+    def _complete(self, oc: Any) -> None:
+        self.progress.on_outcome(oc)
+        self.sched.complete(oc)
+
+    def _on_message(self, source: int, msg: tuple[str, Any]) -> None:
+        kind, data = msg
+        if kind == "ready":
+            self.idle.append(source)
+        elif kind == "result":
+            self._complete(data)
+            self.idle.append(source)
+        elif kind == "progress":
+            self.notify(*data)
+
+    def notify(self, kind: str, data: dict[str, Any]) -> None:
+        if kind == "start":
+            self.progress.on_start(data["key"], data["stage"], tuple(data.get("verified", ())))
+        elif kind == "stage":
+            self.progress.on_stage(data["key"], data["stage"])
+        elif kind == "stage_done":
+            self.progress.on_stage_done(data["key"], data["stage"])
+
+    def run(self) -> None:
+        remote = self.comm.size - 1
+        while True:
+            # hand out work: our own worker first (no message latency), then ranks that asked
+            while self.executor is not None and not self.executor.busy and (task := self.sched.next()):
+                oc = self.executor.start(task)
+                if oc is not None:
+                    self._complete(oc)
+            while self.idle and (task := self.sched.next()):
+                dest = self.idle.popleft()
+                self.comm.send(("task", task), dest)
+                self.progress.on_start(task.key, "queued")
+            if self.sched.finished:
+                while self.idle:
+                    dest = self.idle.popleft()
+                    self.comm.send(("stop", None), dest)
+                    self.stopped.add(dest)
+                if len(self.stopped) == remote:
+                    break
+            # wait for something to happen: our worker's events, or messages
+            if self.executor is not None and self.executor.busy:
+                oc = self.executor.poll(0.01 if remote else 1.0)
+                if oc is not None:
+                    self._complete(oc)
+            else:
+                time.sleep(0.01)
+            for source, msg in self.comm.poll():
+                self._on_message(source, msg)
+            self.progress.tick()
+
+
+def serve(comm: Any, executor: Any) -> None:
+    """Ranks other than 0: ask for a task, run it, report, until told to stop."""
+    comm.send(("ready", None), 0)
+    while True:
+        kind, task = comm.wait(0)
+        if kind == "stop":
+            return
+        oc = executor.start(task)
+        while oc is None:
+            oc = executor.poll(1.0)
+        comm.send(("result", oc), 0)
+
+
+# --- preparing a run (rank 0) ----------------------------------------------------------------
+def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(d, dict):
+        out: dict[str, Any] = {}
+        for k, v in d.items():
+            out.update(_flatten(v, f"{prefix}.{k}" if prefix else str(k)))
+        return out
+    return {prefix: d}
+
+
+def check_same_config(run: RunDir, cfg: SurveyConfig) -> None:
+    """A resumed run must use the config it started with (else its units would mix two surveys)."""
+    if not run.config.is_file():
+        atomic_write_text(run.config, cfg.text)
+        return
+    recorded = parse_config(run.config.read_text(), run.config)
+    a, b = _flatten(recorded.to_dict()), _flatten(cfg.to_dict())
+    diffs = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+    if diffs:
+        shown = "; ".join(f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in diffs[:4])
+        more = f" and {len(diffs) - 4} more" if len(diffs) > 4 else ""
+        raise UserError(f"{cfg.source}: differs from the config this run started with ({run.config}): "
+                        f"{shown}{more}; resume with the same config, or use a new --out")
+
+
+def _stage_module() -> Any | None:
+    from dream_hpc.worker import STAGES_ENV
+
+    name = os.environ.get(STAGES_ENV)
+    if not name:
+        return None
+    import importlib
+
+    return importlib.import_module(name)
+
+
+def plan_units(cfg: SurveyConfig) -> list[WorkUnit]:
+    dev = _stage_module()
+    if dev is not None and hasattr(dev, "make_plan"):
+        return dev.make_plan(cfg)
+    from dream_hpc.plan import make_plan
+
+    return make_plan(cfg)
+
+
+def record_plan(run: RunDir, units: list[WorkUnit]) -> None:
+    """Write plan.json, or check that the recorded plan has the same units."""
+    import json
+
+    from dream_hpc.status import read_plan
+
+    ids = [u.unit_id for u in units]
+    if len(set(ids)) != len(ids):
+        raise UserError("the plan has duplicate unit ids (two exposures with the same jwst name): check "
+                        "pointings and dithers in the config")
+    recorded = read_plan(run)
+    if not recorded:
+        atomic_write_text(run.plan, json.dumps({"units": [u.to_dict() for u in units]}, indent=1))
+        return
+    added, removed = set(ids) - set(recorded), set(recorded) - set(ids)
+    if added or removed:
+        raise UserError(f"{run.plan}: the recorded plan differs from this config's plan ({len(added)} units "
+                        f"added, {len(removed)} removed): the planning code or its inputs changed; use a new --out")
+
+
+@dataclass
+class Prepared:
+    cfg: SurveyConfig
+    run: RunDir
+    units: list[WorkUnit]
+    tasks: list[Task]
+    view: Any
+
+
+def prepare(config_path: Path, out: Path) -> Prepared:
+    """Rank 0, under the run lock: check the config against the record, plan, read earlier attempts."""
+    from dream_hpc.status import read_run
+
+    cfg = load_config(config_path)
+    run = RunDir.create(out)
+    check_same_config(run, cfg)
+    units = plan_units(cfg)
+    if not units:
+        raise UserError(f"{config_path}: the plan has no units (check pointings, detectors and filter_pairs)")
+    record_plan(run, units)
+    # Leftovers of writes cut short by a kill never count; we hold the lock, so nobody is writing them.
+    for stale in [*run.exposures.glob(".tmp-*"), *run.mosaic.glob(".tmp-*")]:
+        stale.unlink(missing_ok=True)
+    view = read_run(run)
+    tasks = []
+    for u in units:
+        cost = u.est_cpu_s if u.est_cpu_s > 0 else DEFAULT_UNIT_COST_S
+        state = view.units.get(u.unit_id)
+        recorded = {"done": state.done, "stages": state.stages} if state else {}
+        tasks.append(Task(u.unit_id, "unit", cost, unit_time_limit(cfg, cost), unit=u, recorded=recorded))
+    return Prepared(cfg, run, units, tasks, view)
+
+
+def mosaic_factory(cfg: SurveyConfig, view: Any) -> MosaicFactory:
+    def make(filt: str, ok: list[Task], outcomes: dict[str, Any]) -> Task:
+        expected = {p: h for t in ok for p, h in outcomes[t.key].outputs.items() if p.endswith("_cal.fits")}
+        cost = MOSAIC_COST_FRACTION * sum(t.cost for t in ok)
+        limit = max(cfg.engine.min_timeout_s, cost * cfg.engine.timeout_factor)
+        state = view.mosaics.get(filt)
+        recorded = {"done": state.data} if state and state.data else {}
+        return Task(f"mosaic_{filt}", "mosaic", cost, limit, filter=filt, units=[t.unit for t in ok],
+                    recorded=recorded, expected_inputs=expected)
+
+    return make
+
+
+# --- the whole run ---------------------------------------------------------------------------
+def _run_facts(cfg: SurveyConfig, run: RunDir, comm: Any, hosts: list[str], extra: dict[str, Any]) -> dict[str, Any]:
+    try:
+        from dream_hpc.runinfo import collect
+
+        facts = collect(cfg, run, mpi_size=comm.size, hosts=hosts)
+    except ImportError:
+        facts = {"config_sha256": cfg.sha256, "argv": list(sys.argv), "mpi_size": comm.size, "hosts": hosts}
+    return {**facts, "launcher": comm.launcher, **extra}
+
+
+def execute(config_path: str | Path, out: str | Path, mosaic: bool = True,
+            coordinator_works: bool | None = None, stream: Any = None) -> int:
+    """`dream-hpc run`: every unit (and, unless mosaic=False, one mosaic per filter); exit code."""
+    from dream_hpc import mpi
+    from dream_hpc.worker import WorkerProcess
+
+    comm = mpi.world()
+    config_path, out = Path(config_path).resolve(), Path(out).resolve()
+    if not config_path.is_file():
+        raise UserError(f"{config_path}: config file not found (check the path, e.g. config/demo.yaml)")
+    # Start this rank's worker now: its jwst/Mirage imports overlap rank 0's preparation.
+    early = None
+    if comm.rank != 0 or comm.size == 1 or coordinator_works is not False:
+        early = WorkerProcess(config_path)
+    with contextlib.ExitStack() as stack:
+        stack.callback(lambda: early.kill() if early is not None and early.events_fd >= 0 else None)
+        error, prepared = None, None
+        if comm.rank == 0:
+            try:
+                out.mkdir(parents=True, exist_ok=True)
+                stack.enter_context(RunDir(out).lock(f"dream-hpc run (MPI size {comm.size})"))
+                prepared = prepare(config_path, out)
+            except (UserError, RunDirError, OSError, ValueError) as e:  # ConfigError is a ValueError
+                error = str(e)
+            except Exception as e:  # tell the other ranks before failing, so none waits forever
+                comm.bcast(f"rank 0 failed while preparing the run: {type(e).__name__}: {e}")
+                raise
+        error = comm.bcast(error)
+        if error:
+            if comm.rank == 0:
+                raise UserError(error)
+            return 2
+        hosts = comm.gather(socket.gethostname())
+        if comm.rank != 0:
+            return _rank_main(comm, config_path, out, early)
+        assert prepared is not None
+        works = comm.size == 1 or (prepared.cfg.engine.coordinator_works if coordinator_works is None
+                                   else coordinator_works)
+        if not works and early is not None:
+            early.kill()
+            early = None
+        return _coordinate(comm, prepared, hosts or [], mosaic, early if works else None, stream, works)
+
+
+def _rank_main(comm: Any, config_path: Path, out: Path, worker: Any) -> int:
+    from dream_hpc.journal import JournalWriter
+    from dream_hpc.worker import Executor
+
+    cfg = load_config(config_path)
+    run = RunDir(out)
+    journal = JournalWriter(run.journal, comm.rank)
+    executor = Executor(cfg, run, journal, comm.rank, worker=worker,
+                        notify=lambda kind, data: comm.send(("progress", (kind, data)), 0))
+    try:
+        serve(comm, executor)
+    finally:
+        executor.shutdown()
+        journal.close()
+    return 0
+
+
+def _coordinate(comm: Any, p: Prepared, hosts: list[str], mosaic: bool, worker: Any, stream: Any,
+                works: bool) -> int:
+    from dream_hpc.journal import JournalWriter
+    from dream_hpc.status import Progress
+    from dream_hpc.worker import Executor
+
+    run, cfg = p.run, p.cfg
+    journal = JournalWriter(run.journal, 0)
+    filters = sorted({u.filter for u in p.units})
+    journal.write("run_start", None, **_run_facts(cfg, run, comm, hosts, {
+        "n_units": len(p.units), "filters": filters, "mosaic": mosaic, "coordinator_works": works,
+        "engine": {k: getattr(cfg.engine, k) for k in cfg.engine.__dataclass_fields__}}))
+    progress = Progress({t.key: t.cost for t in p.tasks}, stream or sys.stderr, cfg.engine.progress_interval_s,
+                        n_mosaics=len(filters) if mosaic else 0)
+    sched = Scheduler(p.tasks, mosaic_factory(cfg, p.view) if mosaic else None, cfg.engine.allow_partial_mosaic)
+    coordinator = Coordinator(comm, sched, None, progress, journal)
+    executor = None
+    if works:
+        executor = Executor(cfg, run, journal, 0, worker=worker, notify=coordinator.notify)
+        coordinator.executor = executor
+    try:
+        coordinator.run()
+    except BaseException:
+        if comm.size > 1:  # do not leave other ranks waiting forever
+            progress.close()
+            sys.stderr.flush()
+            comm.abort(1)
+        raise
+    finally:
+        if executor is not None:
+            executor.shutdown()
+    progress.close()
+    for filt, why in sched.blocked.items():
+        journal.write("mosaic_failed", None, filter=filt, step=None, error=why, blocked=True)
+    outcomes = list(sched.outcomes.values())
+    n_failed = sum(o.status not in ("done", "skipped") for o in outcomes) + len(sched.blocked)
+    status = "ok" if not n_failed else "failed"
+    journal.write("run_end", None, status=status, n_done=sum(o.status == "done" for o in outcomes),
+                  n_skipped=sum(o.status == "skipped" for o in outcomes), n_failed=n_failed,
+                  blocked=sorted(sched.blocked))
+    journal.close()
+    _report(run, sched, stream or sys.stderr)
+    return 0 if status == "ok" else 1
+
+
+def _report(run: RunDir, sched: Scheduler, out: Any) -> None:
+    from dream_hpc.status import fmt_duration
+
+    try:
+        from dream_hpc.timeline import write_timeline
+
+        png = write_timeline(run, run.figures / "timeline.png")
+        print(f"timeline: {png}", file=out)
+    except Exception as e:  # a figure must never turn a finished run into a failed one
+        print(f"timeline: not written ({type(e).__name__}: {e})", file=out)
+    outcomes = list(sched.outcomes.values())
+    bad = [o for o in outcomes if o.status not in ("done", "skipped")]
+    units = [o for o in outcomes if o.kind == "unit"]
+    print(f"units: {sum(o.status == 'done' for o in units)} computed, {sum(o.status == 'skipped' for o in units)} "
+          f"already done (checksums verified), {sum(o.status not in ('done', 'skipped') for o in units)} failed",
+          file=out)
+    for o in outcomes:
+        if o.kind == "mosaic" and o.status in ("done", "skipped"):
+            print(f"mosaic {o.key.removeprefix('mosaic_')}: {o.status} ({fmt_duration(o.wall_s)})", file=out)
+    if bad:
+        print(f"failures ({len(bad)}):", file=out)
+        print(f"  {'task':40s} {'status':8s} {'stage':9s} {'step':18s} error", file=out)
+        for o in sorted(bad, key=lambda o: o.key):
+            log = f"logs/{o.key}.log" if o.kind == "unit" else f"logs/mosaic_{o.key.removeprefix('mosaic_')}.log"
+            print(f"  {o.key:40s} {o.status:8s} {o.stage or '-':9s} {o.step or '-':18s} {o.error}  [{log}]", file=out)
+    for why in sched.blocked.values():
+        print(why, file=out)
+    if bad or sched.blocked:
+        print(f"rerun the same command to retry only what did not finish; `dream-hpc status {run.root}` "
+              "shows the state at any time", file=out)
+
+
+# --- measured costs (for `dream-hpc plan` advice) --------------------------------------------
+def measured_unit_costs(run: str | Path | RunDir) -> dict[str, dict[str, Any]]:
+    """Per unit, from the journal: wall and CPU seconds and peak memory, in total and per stage.
+
+    ``{unit_id: {"wall_s", "cpu_s", "peak_rss_mb", "stages": {stage: {"wall_s", "cpu_s", "peak_rss_mb"}}}}``
+    using each stage's latest record (only units with at least one finished stage appear).
+    """
+    from dream_hpc.status import read_run
+
+    run = run if isinstance(run, RunDir) else RunDir(Path(run).resolve())
+    view = read_run(run)
+    costs: dict[str, dict[str, Any]] = {}
+    for uid, u in view.units.items():
+        if not u.stages:
+            continue
+        stages = {s: {k: float(d.get(k, 0.0)) for k in ("wall_s", "cpu_s", "peak_rss_mb")} for s, d in u.stages.items()}
+        costs[uid] = {"wall_s": sum(s["wall_s"] for s in stages.values()),
+                      "cpu_s": sum(s["cpu_s"] for s in stages.values()),
+                      "peak_rss_mb": max(s["peak_rss_mb"] for s in stages.values()),
+                      "complete": u.status == "done", "stages": stages}
+    return costs
+
+
+# --- command ---------------------------------------------------------------------------------
+def _cmd_run(args: argparse.Namespace) -> int:
+    works = None if args.coordinator is None else args.coordinator == "works"
+    return execute(args.config, args.out, mosaic=not args.no_mosaic, coordinator_works=works)
+
+
+def add_commands(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("run", help="run every unit (and one Image3 per filter); serial, mpiexec or srun",
+                       description="Run the survey's units with dynamic scheduling over MPI ranks (or in one "
+                       "process without a launcher). Rerunning on the same --out resumes: only missing, "
+                       "failed or incomplete units are redone.")
+    p.add_argument("config", help="survey config (YAML)")
+    p.add_argument("--out", required=True, help="run directory (created; resumed if it exists)")
+    p.add_argument("--no-mosaic", action="store_true",
+                   help="stop after the units (run `dream-hpc mosaic` later, e.g. as a separate Slurm job)")
+    p.add_argument("--coordinator", choices=("works", "only"), default=None,
+                   help="rank 0 also computes (works) or only hands out units (only); default: "
+                   "engine.coordinator_works")
+    p.set_defaults(func=_cmd_run)
