@@ -20,3 +20,4 @@ def refkit_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("refkit")
     subprocess.run([sys.executable, "-m", "dream_hpc", "refkit", "build", "--out", str(out)], check=True)
     return out
+from _cache_fixtures import kit  # noqa: E402,F401  (cache, offline and config tests)

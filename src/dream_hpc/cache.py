@@ -25,13 +25,19 @@ FORMATS = ("names", "paths", "crds-sync")
 
 
 # --- the CRDS view of one exposure --------------------------------------------------------------
+def dms_detector(detector: str) -> str:
+    """The DETECTOR keyword jwst and CRDS use: NRCA5/NRCB5 are written NRCALONG/NRCBLONG."""
+    d = detector.upper()
+    return d[:4] + "LONG" if d in ("NRCA5", "NRCB5") else d
+
+
 def header_for_unit(unit: WorkUnit) -> dict[str, object]:
     """The CRDS matching parameters of a unit's exposure, as `DataModel.get_crds_parameters()` gives them.
 
     Covers every parameter key the JWST NIRCam rules match on (detector, filter, pupil, channel,
     module, exposure type, read pattern, outputs, subarray, visit flags, observation date/time).
     """
-    detector = unit.detector.upper()
+    detector = dms_detector(unit.detector)
     nframes, groupgap = READ_PATTERNS.get(unit.readpatt, (1, 0))
     return {
         "meta.telescope": "JWST",
@@ -40,7 +46,7 @@ def header_for_unit(unit: WorkUnit) -> dict[str, object]:
         "meta.instrument.filter": unit.filter.upper(),
         "meta.instrument.pupil": unit.pupil.upper(),
         "meta.instrument.channel": unit.channel,
-        "meta.instrument.module": detector[3],
+        "meta.instrument.module": detector[3],  # NRCB1 / NRCBLONG -> B
         "meta.exposure.type": "NRC_IMAGE",
         "meta.exposure.readpatt": unit.readpatt,
         "meta.exposure.ngroups": unit.ngroups,
