@@ -1,0 +1,471 @@
+"""RUN/provenance.h5: consolidate the journal into HDF5 (one writer, atomic), read it back, and the CLI.
+
+Ranks never touch the HDF5 file (PyPI's h5py is not parallel HDF5): they journal durably and
+`consolidate` rebuilds the whole file from every journal file of every attempt, writing a
+temporary file that is renamed into place, so provenance.h5 is either the previous complete
+file or the new complete file. The layout (plain groups, attributes and datasets; units in the
+names) is documented in docs/provenance.md. `audit`, `compare` and `reproduce` live in
+prov_audit and prov_compare; their commands are registered here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from dream_hpc import __version__
+from dream_hpc.journal import journal_files, now_iso
+from dream_hpc.prov_model import STAGE_ORDER, JournalFile, Model, StageRecord, build, parse_lines, split_raw
+from dream_hpc.rundir import RunDir, atomic_path
+
+SCHEMA = "dream-hpc-provenance"
+SCHEMA_VERSION = 1
+FILENAME = "provenance.h5"
+# Root attributes that are facts of the consolidation itself, not of the journal (audit skips them).
+VOLATILE_ATTRS = ("created", "created_by")
+# run_start keys stored as datasets rather than attributes
+_TEXT_DATASETS = {"config_text": "config", "lock_text": "lock"}
+
+
+class ProvenanceError(RuntimeError):
+    """provenance.h5 missing, unreadable or not a dream-hpc record (one line, with the fix)."""
+
+
+# --- a tree of groups/attributes/datasets, written or compared as a whole ------------------
+class Tree:
+    """What goes into the file: group path -> attrs, dataset path -> (value, attrs)."""
+
+    def __init__(self) -> None:
+        self.groups: dict[str, dict[str, Any]] = {"/": {}}
+        self.datasets: dict[str, tuple[Any, dict[str, Any]]] = {}
+
+    def group(self, path: str, **attrs: Any) -> str:
+        self.groups.setdefault(path, {}).update(attrs)
+        return path
+
+    def dataset(self, path: str, value: Any, **attrs: Any) -> None:
+        self.datasets[path] = (value, attrs)
+
+    def write(self, h5: Any) -> None:
+        for path in sorted(self.groups):
+            g = h5.require_group(path)
+            for k, v in self.groups[path].items():
+                g.attrs[k] = _attr(v)
+        for path, (value, attrs) in sorted(self.datasets.items()):
+            ds = h5.create_dataset(path, data=_data(value))
+            for k, v in attrs.items():
+                ds.attrs[k] = _attr(v)
+
+
+def _str_dtype() -> Any:
+    import h5py
+
+    return h5py.string_dtype()
+
+
+def _attr(v: Any) -> Any:
+    """A Python value as an HDF5 attribute h5py reads back plainly (None -> "", dict -> JSON text)."""
+    if v is None:
+        return ""
+    if isinstance(v, dict):
+        return json.dumps(v, sort_keys=True, default=str)
+    if isinstance(v, list | tuple | set):
+        items = sorted(v) if isinstance(v, set) else list(v)
+        if items and all(isinstance(x, int) and not isinstance(x, bool) for x in items):
+            return np.asarray(items, dtype=np.int64)
+        return np.asarray([str(x) for x in items], dtype=_str_dtype())
+    if isinstance(v, bool | np.bool_):
+        return np.bool_(v)
+    if isinstance(v, int):
+        return np.int64(v)
+    if isinstance(v, float):
+        return np.float64(v)
+    return str(v)
+
+
+def _data(v: Any) -> Any:
+    if isinstance(v, str):
+        return np.asarray(v, dtype=_str_dtype())
+    if isinstance(v, list) and all(isinstance(x, str) for x in v):
+        return np.asarray(v, dtype=_str_dtype())
+    return v
+
+
+def table(rows: list[tuple], columns: list[tuple[str, str]]) -> np.ndarray:
+    """A compound dataset: columns are (name, 'str' | 'int' | 'float')."""
+    kinds = {"str": _str_dtype(), "int": np.int64, "float": np.float64}
+    dtype = np.dtype([(name, kinds[kind]) for name, kind in columns])
+    return np.array([tuple(r) for r in rows], dtype=dtype)
+
+
+def _pairs(mapping: dict[str, Any], key: str, value: str) -> np.ndarray:
+    return table([(str(k), str(v)) for k, v in sorted(mapping.items())], [(key, "str"), (value, "str")])
+
+
+def flatten_params(params: Any, prefix: str = "") -> list[tuple[str, str]]:
+    """{'jump': {'rejection_threshold': 4.0}} -> [('jump.rejection_threshold', '4.0')] (values as JSON)."""
+    if isinstance(params, dict) and params:
+        out = []
+        for k in sorted(params, key=str):
+            out += flatten_params(params[k], f"{prefix}.{k}" if prefix else str(k))
+        return out
+    return [(prefix, json.dumps(params, sort_keys=True, default=str))] if prefix else []
+
+
+def _flat_info(info: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """run_start data as attributes: nested mappings become prefix_key; text/tables are datasets."""
+    out: dict[str, Any] = {}
+    for key, value in info.items():
+        if not prefix and (key in _TEXT_DATASETS or key == "packages"):
+            continue
+        name = f"{prefix}_{key}" if prefix else str(key)
+        if isinstance(value, dict) and all(not isinstance(v, dict | list) or _scalar_list(v) for v in value.values()):
+            out |= _flat_info(value, name)
+        elif isinstance(value, dict | list) and not _scalar_list(value):
+            out[name] = json.dumps(value, sort_keys=True, default=str)
+        else:
+            out[name] = value
+    return out
+
+
+def _scalar_list(v: Any) -> bool:
+    return isinstance(v, list) and all(isinstance(x, str | int | float | bool) for x in v)
+
+
+# --- model -> tree ----------------------------------------------------------------------------
+_STAGE_ATTRS = ("status", "attempt", "rank", "host", "start", "end", "wall_s", "cpu_s", "peak_rss_mb", "step",
+                "error", "record_hash")
+
+
+def _stage(t: Tree, path: str, st: StageRecord) -> None:
+    t.group(path, **{k: getattr(st, k) for k in _STAGE_ATTRS})
+    t.dataset(f"{path}/inputs", _pairs(st.inputs, "path", "sha256"))
+    t.dataset(f"{path}/outputs", _pairs(st.outputs, "path", "sha256"))
+    refs = [(rt, name, st.ref_sha256.get(name, "")) for rt, name in sorted(st.refs.items())]
+    t.dataset(f"{path}/refs", table(refs, [("reftype", "str"), ("name", "str"), ("sha256", "str")]))
+    t.dataset(f"{path}/params", json.dumps(st.params, sort_keys=True, default=str), format="JSON")
+    t.dataset(f"{path}/params_table", table(flatten_params(st.params), [("name", "str"), ("value", "str")]),
+              value_format="JSON")
+    seeds = [(k, int(v)) for k, v in sorted(st.seeds.items()) if isinstance(v, int)]
+    t.dataset(f"{path}/seeds", table(seeds, [("purpose", "str"), ("seed", "int")]))
+    times = [(k, float(v)) for k, v in st.step_times.items() if isinstance(v, int | float)]
+    t.dataset(f"{path}/step_times", table(times, [("step", "str"), ("wall_s", "float")]), units="s")
+    t.dataset(f"{path}/extra", json.dumps(st.extra, sort_keys=True, default=str), format="JSON")
+    if st.asn is not None:
+        t.dataset(f"{path}/asn", st.asn if isinstance(st.asn, str) else json.dumps(st.asn, sort_keys=True),
+                  format="JSON")
+
+
+def tree(model: Model) -> Tree:
+    """Everything provenance.h5 holds, derived from the journal model alone."""
+    t = Tree()
+    t.group("/", schema=SCHEMA, schema_version=SCHEMA_VERSION, journal_digest=model.digest)
+    first = model.attempts[0].info if model.attempts else {}
+    last = model.attempts[-1] if model.attempts else None
+    counts = {s: sum(1 for u in model.units.values() if u.status == s)
+              for s in ("done", "failed", "timeout", "incomplete")}
+    t.group("/run", **(_flat_info(first) | {
+        "n_attempts": len(model.attempts), "start": model.attempts[0].start if model.attempts else "",
+        "end": last.end if last else "", "status": last.status if last else "incomplete",
+        "hosts_seen": sorted({h for a in model.attempts for h in a.hosts}),
+    } | {f"n_units_{k}": v for k, v in counts.items()}))
+    _info_datasets(t, "/run", first)
+    t.group("/runs")
+    for att in model.attempts:
+        path = t.group(f"/runs/{att.number:03d}", **(_flat_info(att.info) | {
+            "number": att.number, "start": att.start, "end": att.end, "status": att.status,
+            "n_done": att.n_done, "n_failed": att.n_failed, "journal_files": att.files,
+            "hosts_seen": sorted(att.hosts), "ranks_seen": sorted(att.ranks)}))
+        _info_datasets(t, path, att.info)
+    t.group("/units", n_units=len(model.units), **{f"n_{k}": v for k, v in counts.items()})
+    for uid, unit in model.units.items():
+        order = sorted(unit.stages, key=lambda s: (STAGE_ORDER.index(s) if s in STAGE_ORDER else 9, s))
+        t.group(f"/units/{uid}", status=unit.status, end=unit.end, wall_s=unit.wall_s,
+                peak_rss_mb=unit.peak_rss_mb, stages=order)
+        t.dataset(f"/units/{uid}/outputs", _pairs(unit.outputs, "path", "sha256"))
+        t.dataset(f"/units/{uid}/events", table(unit.events, [
+            ("time", "str"), ("attempt", "int"), ("rank", "int"), ("host", "str"), ("kind", "str"),
+            ("stage", "str"), ("step", "str"), ("detail", "str")]))
+        for name in order:
+            _stage(t, f"/units/{uid}/{name}", unit.stages[name])
+    t.group("/mosaic", n_mosaics=len(model.mosaics))
+    for name, st in model.mosaics.items():
+        _stage(t, f"/mosaic/{name}", st)
+    t.group("/journal", digest=model.digest, n_files=len(model.files))
+    for f in model.files:
+        path = t.group(f"/journal/{f.name.removesuffix('.jsonl')}", file=f.name, attempt=f.attempt,
+                       rank=f.rank, n_records=len(f.lines), head=f.head, torn_tail_bytes=f.torn_tail_bytes,
+                       chain_ok=not f.problems)
+        t.dataset(f"{path}/records", list(f.lines), format="canonical JSON, one journal record per element")
+        t.dataset(f"{path}/hashes", list(f.hashes))
+        if f.problems:
+            t.dataset(f"{path}/problems", [str(p) for p in f.problems])
+    return t
+
+
+def _info_datasets(t: Tree, path: str, info: dict[str, Any]) -> None:
+    for key, name in _TEXT_DATASETS.items():
+        t.dataset(f"{path}/{name}", str(info.get(key) or ""))
+    packages = info.get("packages") if isinstance(info.get("packages"), dict) else {}
+    t.dataset(f"{path}/packages", _pairs(packages, "name", "version"))
+
+
+# --- consolidation --------------------------------------------------------------------------
+def _disk_files(run: RunDir) -> list[JournalFile]:
+    files = []
+    for path in journal_files(run.journal):
+        lines, torn = split_raw(path.read_bytes())
+        files.append(parse_lines(path.name, lines, torn))
+    return files
+
+
+def _kept_files(h5path: Path, present: set[str]) -> list[JournalFile]:
+    """Journal files recorded in an earlier provenance.h5 but gone from disk: keep their records."""
+    if not h5path.is_file():
+        return []
+    import h5py
+
+    kept = []
+    try:
+        with h5py.File(h5path, "r") as h5:
+            for g in h5.get("journal", {}).values():
+                name = str(g.attrs.get("file", ""))
+                if name and name not in present and "records" in g:
+                    lines = [s for s in g["records"].asstr()[()]]
+                    kept.append(parse_lines(name, lines, int(g.attrs.get("torn_tail_bytes", 0))))
+    except OSError:
+        return []  # unreadable old file: the journal on disk is all there is
+    return kept
+
+
+def consolidate(run: RunDir | str | Path) -> Path:
+    """Build RUN/provenance.h5 from every journal file (all ranks, all attempts); atomic."""
+    import h5py
+
+    run = run if isinstance(run, RunDir) else RunDir(Path(run).resolve())
+    if not run.journal.is_dir():
+        raise ProvenanceError(f"{run.journal}: no journal directory (is {run.root} a dream-hpc run directory?)")
+    files = _disk_files(run)
+    files += _kept_files(run.provenance, {f.name for f in files})
+    model = build(files)
+    with atomic_path(run.provenance) as tmp, h5py.File(tmp, "w") as h5:
+        tree(model).write(h5)
+        h5.attrs["created"] = now_iso()
+        h5.attrs["created_by"] = f"dream-hpc {__version__}"
+    return run.provenance
+
+
+# --- reading back ---------------------------------------------------------------------------
+def resolve(path: str | Path) -> Path:
+    """provenance.h5 from a path to it or to its run directory."""
+    p = Path(path)
+    if p.is_dir():
+        p = p / FILENAME
+        if not p.is_file():
+            raise ProvenanceError(f"{p}: not found (build it with `dream-hpc provenance {path}`)")
+    if not p.is_file():
+        raise ProvenanceError(f"{p}: not found (give RUN/provenance.h5 or the run directory)")
+    return p
+
+
+def open_h5(path: str | Path) -> Any:
+    import h5py
+
+    p = resolve(path)
+    try:
+        h5 = h5py.File(p, "r")
+    except OSError:
+        raise ProvenanceError(f"{p}: not a readable HDF5 file (truncated or not provenance; "
+                              "rebuild it with `dream-hpc provenance RUN`)") from None
+    if h5.attrs.get("schema") != SCHEMA:
+        h5.close()
+        raise ProvenanceError(f"{p}: not a dream-hpc provenance file (no schema={SCHEMA} attribute)")
+    return h5
+
+
+def plain(v: Any) -> Any:
+    """An h5py value as plain Python (bytes -> str, numpy -> lists and scalars, NaN -> 'NaN')."""
+    if isinstance(v, bytes):
+        return v.decode("utf-8", errors="replace")
+    if isinstance(v, np.ndarray):
+        if v.dtype.names:
+            return [tuple(plain(x) for x in row) for row in v.tolist()]
+        return [plain(x) for x in v.tolist()] if v.ndim else plain(v.item())
+    if isinstance(v, np.generic):
+        return plain(v.item())
+    if isinstance(v, tuple | list):
+        return [plain(x) for x in v]
+    if isinstance(v, float) and math.isnan(v):
+        return "NaN"
+    return v
+
+
+def flatten(h5: Any) -> dict[str, Any]:
+    """Every attribute (path@name) and dataset (path) of an open file, as plain values."""
+    out: dict[str, Any] = {}
+
+    def visit(name: str, obj: Any) -> None:
+        path = "/" + name
+        for k, v in obj.attrs.items():
+            out[f"{path}@{k}"] = plain(v)
+        if hasattr(obj, "dtype"):
+            out[path] = plain(obj[()])
+            out[f"{path}#dtype"] = str(obj.dtype)
+
+    for k, v in h5.attrs.items():
+        if k not in VOLATILE_ATTRS:
+            out[f"/@{k}"] = plain(v)
+    h5.visititems(visit)
+    return out
+
+
+def expected_flat(model: Model) -> dict[str, Any]:
+    """What `flatten` should give for the file consolidation writes from `model` (built in memory)."""
+    import h5py
+
+    with h5py.File("expected.h5", "w", driver="core", backing_store=False) as h5:
+        tree(model).write(h5)
+        return flatten(h5)
+
+
+def stored_files(h5: Any) -> list[JournalFile]:
+    """The journal files as stored in provenance.h5 (raw lines, re-parsed and re-verified)."""
+    out = []
+    for g in h5.get("journal", {}).values():
+        lines = list(g["records"].asstr()[()]) if "records" in g else []
+        out.append(parse_lines(str(g.attrs.get("file", g.name.rsplit("/", 1)[-1] + ".jsonl")), lines,
+                               int(g.attrs.get("torn_tail_bytes", 0))))
+    return out
+
+
+def _strs(ds: Any) -> str:
+    return ds.asstr()[()] if ds.shape == () else ""
+
+
+def read_stage(g: Any) -> dict[str, Any]:
+    """One /units/<u>/<stage> or /mosaic/<filter> group as plain Python."""
+    rows = {name: plain(g[name][()]) if name in g else [] for name in
+            ("inputs", "outputs", "refs", "seeds", "step_times", "params_table")}
+    return {
+        "attrs": {k: plain(v) for k, v in g.attrs.items()},
+        "inputs": dict(rows["inputs"]), "outputs": dict(rows["outputs"]),
+        "refs": {rt: (name, sha) for rt, name, sha in rows["refs"]},
+        "params": json.loads(_strs(g["params"]) or "{}") if "params" in g else {},
+        "params_table": dict(rows["params_table"]),
+        "seeds": dict(rows["seeds"]), "step_times": dict(rows["step_times"]),
+        "asn": json.loads(_strs(g["asn"]) or "null") if "asn" in g else None,
+    }
+
+
+def load(path: str | Path) -> dict[str, Any]:
+    """provenance.h5 as plain Python: run facts, attempts, units and stages, mosaics."""
+    p = resolve(path)
+    with open_h5(p) as h5:
+        run = h5["run"]
+        view: dict[str, Any] = {
+            "path": p, "run_dir": p.parent,
+            "root": {k: plain(v) for k, v in h5.attrs.items()},
+            "run": {k: plain(v) for k, v in run.attrs.items()},
+            "config": _strs(run["config"]) if "config" in run else "",
+            "lock": _strs(run["lock"]) if "lock" in run else "",
+            "packages": dict(plain(run["packages"][()])) if "packages" in run else {},
+            "attempts": [{k: plain(v) for k, v in g.attrs.items()} | {
+                "packages": dict(plain(g["packages"][()])) if "packages" in g else {}}
+                for _, g in sorted(h5["runs"].items())] if "runs" in h5 else [],
+            "units": {}, "mosaics": {},
+        }
+        for uid, g in h5.get("units", {}).items():
+            view["units"][uid] = {
+                "attrs": {k: plain(v) for k, v in g.attrs.items()},
+                "outputs": dict(plain(g["outputs"][()])) if "outputs" in g else {},
+                "stages": {name: read_stage(s) for name, s in g.items() if hasattr(s, "keys")},
+            }
+        for name, g in h5.get("mosaic", {}).items():
+            view["mosaics"][name] = read_stage(g)
+    return view
+
+
+def products(view: dict[str, Any]) -> dict[str, dict[str, str]]:
+    """Every product a finished stage or mosaic recorded: relpath -> {sha256, by, kind}."""
+    out: dict[str, dict[str, str]] = {}
+    for uid, unit in view["units"].items():
+        for stage, st in unit["stages"].items():
+            if st["attrs"].get("status") == "done":
+                for rel, sha in st["outputs"].items():
+                    out[rel] = {"sha256": sha, "by": f"{stage} of {uid}", "kind": stage}
+    for name, st in view["mosaics"].items():
+        if st["attrs"].get("status") == "done":
+            for rel, sha in st["outputs"].items():
+                out[rel] = {"sha256": sha, "by": f"image3 of {name}", "kind": "image3"}
+    return dict(sorted(out.items()))
+
+
+# --- command line -----------------------------------------------------------------------------
+def _cmd_provenance(args: argparse.Namespace) -> int:
+    from dream_hpc.cli import UserError
+
+    try:
+        path = consolidate(args.run)
+    except ProvenanceError as e:
+        raise UserError(str(e)) from None
+    view = load(path)
+    r = view["run"]
+    print(f"{path}: {len(view['units'])} units ({r.get('n_units_done', 0)} done, {r.get('n_units_failed', 0)} "
+          f"failed, {r.get('n_units_timeout', 0)} timed out, {r.get('n_units_incomplete', 0)} incomplete), "
+          f"{len(view['mosaics'])} mosaics, {len(view['attempts'])} attempt(s); "
+          f"journal digest {view['root'].get('journal_digest', '')[:16]}")
+    return 0
+
+
+def _cmd_audit(args: argparse.Namespace) -> int:
+    from dream_hpc.prov_audit import run_audit
+
+    return run_audit(args)
+
+
+def _cmd_compare(args: argparse.Namespace) -> int:
+    from dream_hpc.prov_compare import run_compare
+
+    return run_compare(args)
+
+
+def _cmd_reproduce(args: argparse.Namespace) -> int:
+    from dream_hpc.prov_reproduce import run_reproduce
+
+    return run_reproduce(args)
+
+
+def add_commands(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("provenance", help="(re)build RUN/provenance.h5 from the run's journal")
+    p.add_argument("run", help="run directory")
+    p.set_defaults(func=_cmd_provenance)
+
+    p = sub.add_parser("audit", help="report on a run and verify its record and every product against it")
+    p.add_argument("path", help="RUN/provenance.h5 or the run directory")
+    p.add_argument("--prov-json", metavar="FILE", help="also export W3C PROV-JSON to FILE")
+    p.add_argument("--skip-products", action="store_true", help="do not re-hash products on disk (quick)")
+    p.set_defaults(func=_cmd_audit)
+
+    p = sub.add_parser("compare", help="did run B reproduce run A? software, references, parameters, pixels")
+    p.add_argument("a", help="provenance.h5 (or run directory) of the reference run")
+    p.add_argument("b", help="provenance.h5 (or run directory) of the run to check")
+    p.add_argument("--json", metavar="FILE", help="also write the full comparison as JSON")
+    p.set_defaults(func=_cmd_compare)
+
+    p = sub.add_parser("reproduce", help="re-run a recorded run from its provenance, refusing on drift")
+    p.add_argument("record", help="provenance.h5 (or run directory) of the run to reproduce")
+    p.add_argument("--out", required=True, help="new run directory")
+    p.add_argument("--allow-drift", action="store_true",
+                   help="run even if software, references or MIRAGE_DATA differ (the drift is recorded)")
+    p.add_argument("--base", help="directory the recorded config's relative paths resolve against "
+                                  "(default: the recorded config's directory if it exists, else the current one)")
+    p.add_argument("--crds-path", help="this machine's copy of the CRDS cache (default: from the config)")
+    p.add_argument("--mirage-data", help="this machine's copy of MIRAGE_DATA (default: from the config)")
+    p.add_argument("--catalog", help="this machine's copy of the catalog (default: from the config)")
+    p.add_argument("--check-only", action="store_true", help="only report drift; do not run")
+    p.set_defaults(func=_cmd_reproduce)
