@@ -24,6 +24,8 @@ BAD_CONFIGS = {  # id: (YAML text, what the single error line must contain)
                              ["instrument.filter_pairs[0]", "F200W", "short-wave filter in the long-wave slot"]),
     "unquoted_program_id": ("survey:\n  program: 01234\n", ["survey.program", "quote it"]),
     "unknown_detector": ("instrument:\n  detectors: [NRCB6]\n", ["instrument.detectors[0]", "NRCB6"]),
+    "point_source_subarray_on_wrong_detector": ("instrument:\n  detectors: [NRCB1, NRCB2]\n  subarray: SUB400P\n",
+                                                ["instrument.subarray", "SUB400P", "NRCB2"]),
     "unknown_readpatt": ("instrument:\n  readout:\n    readpatt: FAST\n", ["instrument.readout.readpatt", "FAST"]),
     "bad_context": ("references:\n  context: jwst_latest\n", ["references.context", "jwst_NNNN.pmap"]),
     "malformed_yaml": ("survey:\n  name: demo\n   seed: 3\n", ["not valid YAML at line 3", "fix the syntax"]),

@@ -29,6 +29,8 @@ READ_PATTERNS = {  # name: (nframes, groupgap) as in NIRCam's read pattern defin
     "MEDIUM2": (2, 8), "MEDIUM8": (8, 2), "DEEP2": (2, 18), "DEEP8": (8, 12),
 }
 SUBARRAYS = ("FULL", "SUB640", "SUB320", "SUB160", "SUB400P", "SUB160P", "SUB64P")
+# The point-source subarrays (*P) exist only on these detectors (SIAF / Mirage subarray definitions).
+POINT_SOURCE_SUBARRAY_DETECTORS = ("NRCA3", "NRCA5", "NRCB1", "NRCB5")
 PIPELINES = ("detector1", "image2", "image3")
 
 
@@ -331,6 +333,11 @@ def validate(cfg: SurveyConfig) -> None:
                               f"(choose from {', '.join(LW_FILTERS)})")
     if ins.subarray not in SUBARRAYS:
         raise ConfigError(f"instrument.subarray: unknown subarray {ins.subarray!r} (choose from {', '.join(SUBARRAYS)})")
+    if ins.subarray.endswith("P"):
+        others = [d for d in ins.detectors if d.upper() not in POINT_SOURCE_SUBARRAY_DETECTORS]
+        if others:
+            raise ConfigError(f"instrument.subarray: {ins.subarray} does not exist on {', '.join(others)} (only on "
+                              f"{', '.join(POINT_SOURCE_SUBARRAY_DETECTORS)}); use SUB160/SUB320/SUB640 or FULL")
     ro = ins.readout
     if ro.readpatt not in READ_PATTERNS:
         raise ConfigError(f"instrument.readout.readpatt: unknown pattern {ro.readpatt!r} "
