@@ -65,6 +65,7 @@ class Task:
     recorded: dict[str, Any] = field(default_factory=dict)  # what earlier attempts journaled
     expected_inputs: dict[str, str] = field(default_factory=dict)  # a mosaic's current *_cal checksums
     verified_stages: list[str] = field(default_factory=list)
+    tail: float = 0.0  # expected work that must follow this task (its filter's mosaic)
 
     @property
     def priority(self) -> int:
@@ -74,7 +75,9 @@ class Task:
         return 1 if self.recorded.get("done") or self.recorded.get("stages") else 2
 
     def sort_key(self) -> tuple[int, float, str]:
-        return (self.priority, -self.cost, self.key)
+        """Longest expected path first: the task's own cost plus the mosaic that waits for it, so the
+        filter with the longest Image3 finishes its units first and its mosaic overlaps other units."""
+        return (self.priority, -(self.cost + self.tail), self.key)
 
     def stages_expected(self) -> list[str]:
         return list(UNIT_STAGES) if self.kind == "unit" else ["mosaic"]
@@ -105,6 +108,25 @@ class Task:
             previous = rec["outputs"]
             self.verified_stages.append(stage)
         return list(UNIT_STAGES[len(self.verified_stages):]), verified
+
+
+def image3_seconds(units: list[WorkUnit]) -> float:
+    """Expected Image3 CPU seconds over these inputs (the plan's cost model)."""
+    try:
+        from dream_hpc import cost
+
+        pixels = sum(cost.unit_pixels(u) for u in units)
+        return cost.image3_cost(len(units), pixels, 0.0).cpu_s
+    except Exception:  # no aperture data: a rough figure only orders tasks and sets a time limit
+        return MOSAIC_COST_FRACTION * sum(u.est_cpu_s or DEFAULT_UNIT_COST_S for u in units)
+
+
+def mosaic_tails(units: list[WorkUnit]) -> dict[str, float]:
+    """Filter -> expected cost of its Image3 over all its planned units."""
+    by_filter: dict[str, list[WorkUnit]] = {}
+    for u in units:
+        by_filter.setdefault(u.filter, []).append(u)
+    return {f: image3_seconds(us) for f, us in by_filter.items()}
 
 
 def unit_time_limit(cfg: SurveyConfig, cost: float) -> float:
@@ -299,17 +321,32 @@ def _stage_module() -> Any | None:
     return importlib.import_module(name)
 
 
+def check_inputs(cfg: SurveyConfig) -> None:
+    """What every unit needs, checked once before any compute (one line each, naming the fix)."""
+    for what, key in (("CRDS cache", "crds_path"), ("MIRAGE_DATA", "mirage_data")):
+        path = cfg.resolve(getattr(cfg.references, key))
+        if not path.is_dir():
+            raise UserError(f"references.{key}: {what} {path} does not exist (build the reference kit with "
+                            "`make kit`, or point the config at one)")
+    from dream_hpc.params import validate_step_overrides
+
+    validate_step_overrides(cfg)
+
+
 def plan_units(cfg: SurveyConfig) -> list[WorkUnit]:
+    """The work units (and, with the real chain, the catalog checked against their footprint)."""
     dev = _stage_module()
     if dev is not None and hasattr(dev, "make_plan"):
         return dev.make_plan(cfg)
-    from dream_hpc.plan import make_plan
+    check_inputs(cfg)
+    from dream_hpc.survey import plan_and_check
 
-    return make_plan(cfg)
+    units, _ = plan_and_check(cfg)
+    return units
 
 
-def record_plan(run: RunDir, units: list[WorkUnit]) -> None:
-    """Write plan.json, or check that the recorded plan has the same units."""
+def record_plan(run: RunDir, cfg: SurveyConfig, units: list[WorkUnit]) -> None:
+    """Write plan.json, or check that the recorded plan has the same units (else a clear error)."""
     import json
 
     from dream_hpc.status import read_plan
@@ -319,13 +356,18 @@ def record_plan(run: RunDir, units: list[WorkUnit]) -> None:
         raise UserError("the plan has duplicate unit ids (two exposures with the same jwst name): check "
                         "pointings and dithers in the config")
     recorded = read_plan(run)
-    if not recorded:
-        atomic_write_text(run.plan, json.dumps({"units": [u.to_dict() for u in units]}, indent=1))
+    if recorded:
+        added, removed = set(ids) - set(recorded), set(recorded) - set(ids)
+        if added or removed:
+            raise UserError(f"{run.plan}: the recorded plan differs from this config's plan ({len(added)} units "
+                            f"added, {len(removed)} removed): the planning code or its inputs changed; use a new --out")
         return
-    added, removed = set(ids) - set(recorded), set(recorded) - set(ids)
-    if added or removed:
-        raise UserError(f"{run.plan}: the recorded plan differs from this config's plan ({len(added)} units "
-                        f"added, {len(removed)} removed): the planning code or its inputs changed; use a new --out")
+    try:
+        from dream_hpc.plan import summarize, write_plan
+
+        write_plan(run.plan, units, summarize(cfg, units))
+    except ImportError:
+        atomic_write_text(run.plan, json.dumps({"units": [u.to_dict() for u in units]}, indent=1))
 
 
 @dataclass
@@ -337,7 +379,7 @@ class Prepared:
     view: Any
 
 
-def prepare(config_path: Path, out: Path) -> Prepared:
+def prepare(config_path: Path, out: Path, mosaic: bool = True) -> Prepared:
     """Rank 0, under the run lock: check the config against the record, plan, read earlier attempts."""
     from dream_hpc.status import read_run
 
@@ -347,7 +389,8 @@ def prepare(config_path: Path, out: Path) -> Prepared:
     units = plan_units(cfg)
     if not units:
         raise UserError(f"{config_path}: the plan has no units (check pointings, detectors and filter_pairs)")
-    record_plan(run, units)
+    record_plan(run, cfg, units)
+    tails = mosaic_tails(units) if mosaic else {}
     # Leftovers of writes cut short by a kill never count; we hold the lock, so nobody is writing them.
     for stale in [*run.exposures.glob(".tmp-*"), *run.mosaic.glob(".tmp-*")]:
         stale.unlink(missing_ok=True)
@@ -357,14 +400,15 @@ def prepare(config_path: Path, out: Path) -> Prepared:
         cost = u.est_cpu_s if u.est_cpu_s > 0 else DEFAULT_UNIT_COST_S
         state = view.units.get(u.unit_id)
         recorded = {"done": state.done, "stages": state.stages} if state else {}
-        tasks.append(Task(u.unit_id, "unit", cost, unit_time_limit(cfg, cost), unit=u, recorded=recorded))
+        tasks.append(Task(u.unit_id, "unit", cost, unit_time_limit(cfg, cost), unit=u, recorded=recorded,
+                          tail=tails.get(u.filter, 0.0)))
     return Prepared(cfg, run, units, tasks, view)
 
 
 def mosaic_factory(cfg: SurveyConfig, view: Any) -> MosaicFactory:
     def make(filt: str, ok: list[Task], outcomes: dict[str, Any]) -> Task:
         expected = {p: h for t in ok for p, h in outcomes[t.key].outputs.items() if p.endswith("_cal.fits")}
-        cost = MOSAIC_COST_FRACTION * sum(t.cost for t in ok)
+        cost = image3_seconds([t.unit for t in ok])
         limit = max(cfg.engine.min_timeout_s, cost * cfg.engine.timeout_factor)
         state = view.mosaics.get(filt)
         recorded = {"done": state.data} if state and state.data else {}
@@ -406,7 +450,7 @@ def execute(config_path: str | Path, out: str | Path, mosaic: bool = True,
             try:
                 out.mkdir(parents=True, exist_ok=True)
                 stack.enter_context(RunDir(out).lock(f"dream-hpc run (MPI size {comm.size})"))
-                prepared = prepare(config_path, out)
+                prepared = prepare(config_path, out, mosaic)
             except (UserError, RunDirError, OSError, ValueError) as e:  # ConfigError is a ValueError
                 error = str(e)
             except Exception as e:  # tell the other ranks before failing, so none waits forever

@@ -238,7 +238,8 @@ def eta_seconds(view: RunView) -> float | None:
     return left / (done_now / elapsed)
 
 
-def render(view: RunView, out: TextIO = sys.stdout, max_rows: int = 30) -> None:
+def render(view: RunView, out: TextIO | None = None, max_rows: int = 30) -> None:
+    out = out or sys.stdout
     n = len(view.units)
     interrupted = bool(view.starts) and (not view.ends or view.ends[-1]["time"] < view.starts[-1]["time"])
     state = "running" if view.running else (
@@ -279,7 +280,8 @@ def failures(view: RunView) -> list[UnitState]:
     return [u for u in view.units.values() if u.status in ("failed", "timeout", "interrupted")]
 
 
-def print_failures(view: RunView, out: TextIO = sys.stdout, max_rows: int = 50) -> None:
+def print_failures(view: RunView, out: TextIO | None = None, max_rows: int = 50) -> None:
+    out = out or sys.stdout
     bad = failures(view)
     bad_m = [m for m in view.mosaics.values() if m.status in ("failed", "interrupted")]
     if not bad and not bad_m:
@@ -300,10 +302,10 @@ def print_failures(view: RunView, out: TextIO = sys.stdout, max_rows: int = 50) 
 class Progress:
     """Units done / failed / running per stage with an ETA, redrawn on a TTY, plain lines otherwise."""
 
-    def __init__(self, costs: dict[str, float], stream: TextIO = sys.stderr, interval_s: float = 30.0,
+    def __init__(self, costs: dict[str, float], stream: TextIO | None = None, interval_s: float = 30.0,
                  n_mosaics: int = 0):
         self.costs = costs
-        self.stream = stream
+        self.stream = stream = stream or sys.stderr
         self.tty = stream.isatty()
         self.interval = 1.0 if self.tty else interval_s
         self.t0 = time.time()

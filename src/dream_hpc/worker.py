@@ -308,7 +308,7 @@ class WorkerProcess:
         read_fd, write_fd = os.pipe()
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "dream_hpc.worker", str(write_fd), str(config_path)],
-            stdin=subprocess.PIPE, stdout=sys.stderr.fileno(), pass_fds=(write_fd,),
+            stdin=subprocess.PIPE, stdout=2, pass_fds=(write_fd,),  # its prints: the rank's stderr
             env={**os.environ, **(env or {})}, text=True)
         os.close(write_fd)
         self.events_fd = read_fd

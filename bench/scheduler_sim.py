@@ -1,0 +1,119 @@
+"""Predict dream-hpc's makespan at cluster scale: the engine's own Scheduler on a simulated clock.
+
+No compute runs: each unit takes its planned cost (`est_cpu_s` from the plan's cost model, with
+optional log-normal scatter, since real units never take exactly their estimate), each mosaic its
+Image3 cost. The same `dream_hpc.engine.Scheduler` that `dream-hpc run` uses hands out the tasks
+(longest expected first, one mosaic per filter when its units are done). Printed per rank count:
+the makespan of the units, its lower bound max(total work / ranks, longest unit), their ratio, and
+the same for a static split (units dealt round-robin in plan order, what a naive MPI script does).
+
+    python bench/scheduler_sim.py [config/cosmos-web.yaml] [--ranks 64 128 ...] [--scatter 0.3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import heapq
+import random
+import sys
+from pathlib import Path
+from typing import Any
+
+from dream_hpc.engine import Scheduler, Task, image3_seconds
+from dream_hpc.worker import Outcome
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def simulate(tasks: list[Task], ranks: int, scatter: float = 0.0, seed: int = 1, latency_s: float = 0.005,
+             mosaic_seconds: Any = image3_seconds, coordinator_works: bool = True) -> dict[str, float]:
+    """Run the engine's Scheduler on `ranks` simulated workers; times in seconds."""
+    rng = random.Random(seed)
+    actual = {t.key: t.cost * (rng.lognormvariate(0.0, scatter) if scatter else 1.0) for t in tasks}
+    mosaic_cost: dict[str, float] = {}
+
+    def factory(filt: str, ok: list[Task], outcomes: dict[str, Any]) -> Task:
+        c = mosaic_seconds([t.unit for t in ok])
+        mosaic_cost[f"mosaic_{filt}"] = c
+        return Task(f"mosaic_{filt}", "mosaic", c, 1e9, filter=filt, units=[t.unit for t in ok])
+
+    fresh = [Task(t.key, t.kind, t.cost, t.limit_s, unit=t.unit, tail=t.tail) for t in tasks]
+    sched = Scheduler(fresh, factory)
+    workers = ranks if coordinator_works or ranks == 1 else ranks - 1
+    idle = list(range(workers))
+    running: list[tuple[float, int, str]] = []
+    now = units_end = 0.0
+    while not sched.finished:
+        while idle and (task := sched.next()):
+            dur = actual.get(task.key, mosaic_cost.get(task.key, task.cost))
+            heapq.heappush(running, (now + latency_s + dur, idle.pop(), task.key))
+        if not running:
+            break
+        now, worker, key = heapq.heappop(running)
+        kind = sched.running[key].kind
+        if kind == "unit":
+            units_end = max(units_end, now)
+        sched.complete(Outcome(key, kind, "done"))
+        idle.append(worker)
+    work = sum(actual.values())
+    lower = max(work / workers, max(actual.values()))
+    all_work = work + sum(mosaic_cost.values())
+    lower_all = max(all_work / workers, max(actual.values()) + max(mosaic_cost.values(), default=0.0))
+    return {"ranks": ranks, "workers": workers, "units_makespan": units_end, "units_lower_bound": lower,
+            "makespan": now, "lower_bound": lower_all, "work": work, "mosaic_work": sum(mosaic_cost.values())}
+
+
+def static_split(tasks: list[Task], ranks: int, scatter: float = 0.0, seed: int = 1) -> float:
+    """Units dealt round-robin in plan order, no rebalancing: the naive MPI split, for contrast."""
+    rng = random.Random(seed)
+    actual = [t.cost * (rng.lognormvariate(0.0, scatter) if scatter else 1.0) for t in tasks]
+    loads = [0.0] * ranks
+    for i, a in enumerate(actual):
+        loads[i % ranks] += a
+    return max(loads)
+
+
+def plan_tasks(config: Path) -> list[Task]:
+    """The config's units as engine tasks, each with its filter's expected Image3 as `tail` (as run does)."""
+    from dream_hpc.config import load_config
+    from dream_hpc.engine import mosaic_tails
+    from dream_hpc.plan import make_plan
+
+    units = make_plan(load_config(config))
+    tails = mosaic_tails(units)
+    return [Task(u.unit_id, "unit", max(u.est_cpu_s, 1.0), 1e9, unit=u, tail=tails[u.filter]) for u in units]
+
+
+def without_tails(tasks: list[Task]) -> list[Task]:
+    return [Task(t.key, t.kind, t.cost, t.limit_s, unit=t.unit) for t in tasks]
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("config", nargs="?", default=str(ROOT / "config" / "cosmos-web.yaml"))
+    ap.add_argument("--ranks", type=int, nargs="+", default=[64, 128, 256, 512, 1024, 2048])
+    ap.add_argument("--scatter", type=float, default=0.3, help="log-normal sigma of actual/estimated unit time")
+    args = ap.parse_args(argv)
+    tasks = plan_tasks(Path(args.config))
+    hours = sum(t.cost for t in tasks) / 3600
+    print(f"{args.config}: {len(tasks)} units, {hours:.1f} CPU-hours planned, longest unit "
+          f"{max(t.cost for t in tasks):.0f} s, scatter sigma {args.scatter}")
+    print("units only: the engine's longest-first order vs a static round-robin split; then the whole run with "
+          "one Image3 per filter (pure longest-first vs longest-path-first, the engine's order)")
+    print(f"{'ranks':>6s} {'units':>9s} {'bound':>9s} {'ratio':>6s} {'static':>9s} {'ratio':>6s} | "
+          f"{'all, LPT':>9s} {'all, path':>9s} {'bound':>9s} {'ratio':>6s}")
+    plain = without_tails(tasks)
+    for n in args.ranks:
+        lpt = simulate(plain, n, args.scatter, mosaic_seconds=lambda units: 0.0)
+        st = static_split(tasks, n, args.scatter)
+        whole_lpt = simulate(plain, n, args.scatter)
+        whole = simulate(tasks, n, args.scatter)
+        print(f"{n:6d} {lpt['units_makespan']:8.0f}s {lpt['units_lower_bound']:8.0f}s "
+              f"{lpt['units_makespan'] / lpt['units_lower_bound']:6.3f} {st:8.0f}s {st / lpt['units_lower_bound']:6.3f} | "
+              f"{whole_lpt['makespan']:8.0f}s {whole['makespan']:8.0f}s {whole['lower_bound']:8.0f}s "
+              f"{whole['makespan'] / whole['lower_bound']:6.3f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
