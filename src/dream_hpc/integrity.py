@@ -461,6 +461,12 @@ def verify(path: str | Path, context: str | None = None, needed: set[str] | None
         if not manifest:
             rep.problems.append(Problem(lay.rel(lay.kit / "manifest.json"), "kit manifest missing or empty",
                                         lay.fix("")))
+        pinned = lay.kit / "manifest.json.sha256"  # the refkit pins its manifest's own hash
+        if manifest and pinned.is_file():
+            recorded = (pinned.read_text().split() or [""])[0]
+            if hashlib.sha256((lay.kit / "manifest.json").read_bytes()).hexdigest() != recorded:
+                rep.problems.append(Problem(lay.rel(lay.kit / "manifest.json"), "differs from the sha256 in "
+                                            "manifest.json.sha256 (the manifest was edited)", lay.fix("")))
         for p in sorted(set(ref_paths.values()) - set(kit_files)):
             rep.notes.append(f"{lay.rel(p)}: not in the kit manifest (added after the kit was built?)")
     elif not catalog:
