@@ -86,15 +86,22 @@ def test_listing_manifest_ignores_mtimes_and_crds_config(tmp_path: Path) -> None
     assert runinfo.cache_manifest(tmp_path / "nowhere", "crds_cache")["manifest_kind"] == "missing"
 
 
-def test_kit_manifest_is_preferred_per_section(tmp_path: Path) -> None:
+def test_kit_manifest_is_preferred_per_cache(tmp_path: Path) -> None:
     make_refkit(tmp_path)
     kit = tmp_path / "refkit"
-    (kit / "manifest.json").write_text(json.dumps({"crds_cache": {"a.fits": "11"}, "mirage_data": {"b": "22"}}))
+
+    def manifest(mirage_sha: str) -> None:
+        files = {"crds_cache/references/a.fits": {"sha256": "11", "size": 3, "role": "dark"},
+                 "mirage_data/b.fits": {"sha256": mirage_sha, "size": 4, "role": "psf"}}
+        (kit / "manifest.json").write_text(json.dumps({"seed": 1, "files": files}))
+
+    manifest("22")
     crds = runinfo.cache_manifest(kit / "crds_cache", "crds_cache")
-    assert crds["manifest_kind"] == "kit:manifest.json#crds_cache"
-    (kit / "manifest.json").write_text(json.dumps({"crds_cache": {"a.fits": "11"}, "mirage_data": {"b": "33"}}))
+    assert crds["manifest_kind"].endswith("manifest.json#crds_cache") and crds["n_files"] == 1
+    manifest("33")
     assert runinfo.cache_manifest(kit / "crds_cache", "crds_cache") == crds  # MIRAGE_DATA's change is not CRDS's
-    assert runinfo.cache_manifest(kit / "mirage_data", "mirage_data")["manifest_sha256"] != crds["manifest_sha256"]
+    mirage = runinfo.cache_manifest(kit / "mirage_data", "mirage_data")
+    assert mirage["manifest_sha256"] != crds["manifest_sha256"] and mirage["bytes"] == 4
 
 
 def test_attempts_are_numbered_and_reproduction_is_recorded(cfg, tmp_path: Path) -> None:

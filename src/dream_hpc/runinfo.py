@@ -98,23 +98,30 @@ def tree_manifest(root: str | Path, skip_top: tuple[str, ...] = ()) -> dict[str,
     return {"manifest_sha256": h.hexdigest(), "manifest_kind": "listing", "n_files": n, "bytes": size}
 
 
-def _kit_manifest(root: Path, section: str) -> dict[str, Any] | None:
-    """The reference kit's manifest.json (beside or inside `root`), hashed over `section` if present."""
-    for candidate in (root / "manifest.json", root.parent / "manifest.json"):
+def _kit_manifest(root: Path) -> dict[str, Any] | None:
+    """The reference kit's manifest.json (inside `root` or in the kit directory above it).
+
+    Hashed over this cache's own entries (path, sha256, size of each file under `root`), so the
+    CRDS cache and MIRAGE_DATA of one kit each get an identity that changes only with their files.
+    """
+    for kit in (root, root.parent):
+        candidate = kit / "manifest.json"
         if not candidate.is_file():
             continue
-        text = candidate.read_bytes()
         try:
-            data = json.loads(text)
-        except ValueError:
-            data = None
-        part = data.get(section) if isinstance(data, dict) else None
-        if part is None and isinstance(data, dict):
-            part = data.get(root.name)
-        if part is not None:  # hash only this cache's part: the other one may change independently
-            digest = hashlib.sha256(json.dumps(part, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
-            return {"manifest_sha256": digest, "manifest_kind": f"kit:{candidate.name}#{section}"}
-        return {"manifest_sha256": hashlib.sha256(text).hexdigest(), "manifest_kind": f"kit:{candidate.name}"}
+            files = json.loads(candidate.read_text()).get("files")
+        except (OSError, ValueError, AttributeError):
+            files = None
+        if not isinstance(files, dict):
+            continue
+        prefix = "" if kit == root else f"{root.name}/"
+        mine = {k.removeprefix(prefix): {f: v.get(f) for f in ("sha256", "size")} for k, v in sorted(files.items())
+                if k.startswith(prefix) and isinstance(v, dict)}
+        if not mine:
+            continue
+        digest = hashlib.sha256(json.dumps(mine, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+        return {"manifest_sha256": digest, "manifest_kind": f"kit:{candidate.name}" + (f"#{root.name}" if prefix else ""),
+                "n_files": len(mine), "bytes": sum(int(v.get("size") or 0) for v in mine.values())}
     return None
 
 
@@ -124,7 +131,7 @@ def cache_manifest(root: str | Path, section: str) -> dict[str, Any]:
     info: dict[str, Any] = {"path": str(root)}
     if not root.is_dir():
         return info | {"manifest_sha256": "", "manifest_kind": "missing"}
-    kit = _kit_manifest(root, section)
+    kit = _kit_manifest(root)
     if kit:
         return info | kit
     skip = _CRDS_VOLATILE if section == "crds_cache" else ()
