@@ -233,7 +233,7 @@ def _fmt(value: Any) -> str:
 
 def _dynamic_hint(cfg: SurveyConfig, pipeline: str, step: str, name: str) -> str:
     ngroups = cfg.instrument.readout.ngroups
-    if (pipeline, step) == ("detector1", "jump") and name.endswith("rejection_threshold"):
+    if (pipeline, step) == ("detector1", "jump") and name.endswith("rejection_threshold") and ngroups >= 3:
         applies = {3: "three_group_rejection_threshold", 4: "four_group_rejection_threshold"}.get(
             ngroups, "rejection_threshold")
         if applies == name:
