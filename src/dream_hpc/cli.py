@@ -26,6 +26,7 @@ COMMAND_MODULES = (
     "dream_hpc.mosaic",
     "dream_hpc.status",
     "dream_hpc.provenance",
+    "dream_hpc.slurm",
 )
 
 
