@@ -22,3 +22,4 @@ def refkit_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 from _cache_fixtures import kit  # noqa: E402,F401  (cache, offline and config tests)
 from _slurm_fixtures import local_slurm, sysdeps  # noqa: E402,F401  (Slurm, container and shellcheck tests)
+from _engine_fixtures import engine_config  # noqa: E402,F401  (engine tests)

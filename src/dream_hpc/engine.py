@@ -34,6 +34,9 @@ UNIT_STAGES = ("simulate", "detector1", "image2")
 MOSAIC_COST_FRACTION = 0.5
 # Units with no estimate still need an order and a limit.
 DEFAULT_UNIT_COST_S = 60.0
+# A file RUN/STOP asks a running `dream-hpc run` to start nothing new and exit when running units end.
+STOP_FILE = "STOP"
+EXIT_STOPPED = 3  # exit code after such a stop (the run is resumable)
 
 
 # --- tasks and resume ----------------------------------------------------------------------
@@ -213,11 +216,29 @@ class Scheduler:
 class Coordinator:
     """Rank 0: serves requests from other ranks and feeds its own executor, until all tasks ended."""
 
-    def __init__(self, comm: Any, scheduler: Scheduler, executor: Any | None, progress: Any, journal: Any):
+    def __init__(self, comm: Any, scheduler: Scheduler, executor: Any | None, progress: Any, journal: Any,
+                 stop_file: Path | None = None):
         self.comm, self.sched, self.executor = comm, scheduler, executor
         self.progress, self.journal = progress, journal
         self.idle: deque[int] = deque()
         self.stopped: set[int] = set()
+        self.stop_file = stop_file
+        self.stop_requested = False
+        self._stop_checked = 0.0
+
+    def _check_stop(self) -> None:
+        """RUN/STOP (written e.g. by slurm/full_survey.sh before the time limit): hand out nothing new."""
+        now = time.monotonic()
+        if self.stop_file is None or self.stop_requested or now - self._stop_checked < 1.0:
+            return
+        self._stop_checked = now
+        if self.stop_file.exists():
+            self.stop_requested = True
+            self.progress.line(f"stop requested ({self.stop_file}): no new units; waiting for the "
+                               f"{len(self.sched.running)} running to finish")
+
+    def _next(self) -> Task | None:
+        return None if self.stop_requested else self.sched.next()
 
     def _complete(self, oc: Any) -> None:
         self.progress.on_outcome(oc)
@@ -245,15 +266,16 @@ class Coordinator:
         remote = self.comm.size - 1
         while True:
             # hand out work: our own worker first (no message latency), then ranks that asked
-            while self.executor is not None and not self.executor.busy and (task := self.sched.next()):
+            self._check_stop()
+            while self.executor is not None and not self.executor.busy and (task := self._next()):
                 oc = self.executor.start(task)
                 if oc is not None:
                     self._complete(oc)
-            while self.idle and (task := self.sched.next()):
+            while self.idle and (task := self._next()):
                 dest = self.idle.popleft()
                 self.comm.send(("task", task), dest)
                 self.progress.on_start(task.key, "queued")
-            if self.sched.finished:
+            if self.sched.finished or (self.stop_requested and not self.sched.running):
                 while self.idle:
                     dest = self.idle.popleft()
                     self.comm.send(("stop", None), dest)
@@ -450,6 +472,9 @@ def execute(config_path: str | Path, out: str | Path, mosaic: bool = True,
             try:
                 out.mkdir(parents=True, exist_ok=True)
                 stack.enter_context(RunDir(out).lock(f"dream-hpc run (MPI size {comm.size})"))
+                if (out / STOP_FILE).exists():
+                    raise UserError(f"{out / STOP_FILE} exists (a request to stop this run: "
+                                    f"{(out / STOP_FILE).read_text().strip()[:100]!r}); remove it to run")
                 prepared = prepare(config_path, out, mosaic)
             except (UserError, RunDirError, OSError, ValueError) as e:  # ConfigError is a ValueError
                 error = str(e)
@@ -505,7 +530,7 @@ def _coordinate(comm: Any, p: Prepared, hosts: list[str], mosaic: bool, worker: 
     progress = Progress({t.key: t.cost for t in p.tasks}, stream or sys.stderr, cfg.engine.progress_interval_s,
                         n_mosaics=len(filters) if mosaic else 0)
     sched = Scheduler(p.tasks, mosaic_factory(cfg, p.view) if mosaic else None, cfg.engine.allow_partial_mosaic)
-    coordinator = Coordinator(comm, sched, None, progress, journal)
+    coordinator = Coordinator(comm, sched, None, progress, journal, stop_file=run.root / STOP_FILE)
     executor = None
     if works:
         executor = Executor(cfg, run, journal, 0, worker=worker, notify=coordinator.notify)
@@ -526,12 +551,16 @@ def _coordinate(comm: Any, p: Prepared, hosts: list[str], mosaic: bool, worker: 
         journal.write("mosaic_failed", None, filter=filt, step=None, error=why, blocked=True)
     outcomes = list(sched.outcomes.values())
     n_failed = sum(o.status not in ("done", "skipped") for o in outcomes) + len(sched.blocked)
-    status = "ok" if not n_failed else "failed"
+    status = "stopped" if coordinator.stop_requested else ("ok" if not n_failed else "failed")
     journal.write("run_end", None, status=status, n_done=sum(o.status == "done" for o in outcomes),
                   n_skipped=sum(o.status == "skipped" for o in outcomes), n_failed=n_failed,
-                  blocked=sorted(sched.blocked))
+                  n_not_started=sched.pending, blocked=sorted(sched.blocked))
     journal.close()
     _report(run, sched, stream or sys.stderr)
+    if coordinator.stop_requested:
+        print(f"stopped on request ({run.root / STOP_FILE}): {sched.pending} tasks not started; remove the "
+              "file and rerun the same command to resume", file=stream or sys.stderr)
+        return EXIT_STOPPED
     return 0 if status == "ok" else 1
 
 

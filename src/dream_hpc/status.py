@@ -389,6 +389,9 @@ class Progress:
             self.stream.write(self.text() + "\n")
         self.stream.flush()
 
+    def line(self, msg: str) -> None:
+        self._line(msg)
+
     def _line(self, msg: str) -> None:
         if self.tty:
             self.stream.write("\r\033[K")
