@@ -155,8 +155,9 @@ def recommendations(unit: WorkUnit, reftypes: Iterable[str] | None = None) -> di
             continue
         raise UserError(f"no {reftype} reference for {unit.unit_id} ({unit.detector} {unit.filter} "
                         f"{unit.subarray} {unit.readpatt}, {unit.date_obs}) in {context_name()}: {reason}; "
-                        "fix: build the kit for these detectors/filters (`dream-hpc refkit build --detectors ... "
-                        "--filters ...`) or pin a context that covers them (references.context)")
+                        f"fix: build the kit for it (`dream-hpc refkit build --detectors {unit.detector} --filters "
+                        f"{unit.filter} --readpatt {unit.readpatt} ...`) or pin a context that covers it "
+                        "(references.context)")
     return out
 
 
