@@ -53,6 +53,37 @@ def aperture(name: str) -> Any:
     return siaf[name]
 
 
+@functools.cache
+def _frame(name: str) -> tuple[float, float, float, int]:
+    """(V2Ref, V3Ref, V3IdlYAngle in rad, VIdlParity) of an aperture."""
+    ap = aperture(name)
+    return float(ap.V2Ref), float(ap.V3Ref), float(np.deg2rad(ap.V3IdlYAngle)), int(ap.VIdlParity)
+
+
+@functools.cache
+def _corners(name: str) -> tuple[np.ndarray, np.ndarray]:
+    """(ideal, tel) corners (4, 2), cached: pysiaf rebuilds its distortion polynomials on every
+    `corners` call (~10 ms), far too slow for 10^4 units."""
+    ap = aperture(name)
+    xi, yi = ap.corners("idl")
+    v2, v3 = ap.corners("tel")
+    return np.column_stack([xi, yi]).astype(float), np.column_stack([v2, v3]).astype(float)
+
+
+def idl_to_tel(name: str, x: Any, y: Any) -> tuple[np.ndarray, np.ndarray]:
+    """pysiaf's planar ideal -> V2/V3 transform (JWST-STScI-001550 sect. 4.3), vectorised."""
+    v2r, v3r, a, par = _frame(name)
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    return v2r + par * np.cos(a) * x + np.sin(a) * y, v3r - par * np.sin(a) * x + np.cos(a) * y
+
+
+def tel_to_idl(name: str, v2: Any, v3: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Inverse of `idl_to_tel`."""
+    v2r, v3r, a, par = _frame(name)
+    dx, dy = np.asarray(v2, float) - v2r, np.asarray(v3, float) - v3r
+    return par * (np.cos(a) * dx - np.sin(a) * dy), np.sin(a) * dx + np.cos(a) * dy
+
+
 def _rotations() -> Any:
     nircam_siaf()  # make sure pysiaf was imported offline first
     from pysiaf.utils import rotations
@@ -101,31 +132,38 @@ def aperture_name(detector: str, subarray: str) -> str:
     return f"{detector.upper()}_{subarray.upper()}"
 
 
+def reference_point(aperture_name_: str) -> tuple[float, float]:
+    """(V2Ref, V3Ref) of an aperture, arcsec."""
+    v2r, v3r, *_ = _frame(aperture_name_)
+    return v2r, v3r
+
+
 def unit_attitude(ra: float, dec: float, pa_v3: float, aperture_name_: str) -> np.ndarray:
     """The attitude Mirage builds for a unit: its aperture reference point at (ra, dec), roll from PA_V3."""
-    ap = aperture(aperture_name_)
-    return attitude(ra, dec, pa_v3, ap.V2Ref, ap.V3Ref)
+    return attitude(ra, dec, pa_v3, *reference_point(aperture_name_))
 
 
 def outline_ideal(aperture_name_: str) -> np.ndarray:
     """Corners (4, 2) of an aperture in its ideal frame (arcsec, distortion-free, reference point at 0)."""
-    x, y = aperture(aperture_name_).corners("idl")
-    return np.column_stack([x, y]).astype(float)
+    return _corners(aperture_name_)[0].copy()
+
+
+def outline_tel(aperture_name_: str) -> np.ndarray:
+    """Corners (4, 2) of an aperture in the telescope (V2, V3) frame, arcsec."""
+    return _corners(aperture_name_)[1].copy()
 
 
 def outline_sky(ra: float, dec: float, pa_v3: float, aperture_name_: str) -> tuple[np.ndarray, np.ndarray]:
     """RA/Dec of the 4 corners of an aperture whose reference point sits at (ra, dec)."""
-    ap = aperture(aperture_name_)
-    att = attitude(ra, dec, pa_v3, ap.V2Ref, ap.V3Ref)
-    v2, v3 = ap.corners("tel")
-    return sky_of(att, v2, v3)
+    att = unit_attitude(ra, dec, pa_v3, aperture_name_)
+    corners = _corners(aperture_name_)[1]
+    return sky_of(att, corners[:, 0], corners[:, 1])
 
 
 def to_ideal(aperture_name_: str, att: np.ndarray, ra: Any, dec: Any) -> tuple[np.ndarray, np.ndarray]:
     """Ideal-frame coordinates (arcsec) of sky positions seen through `aperture_name_` under `att`."""
     v2, v3 = tel_of(att, ra, dec)
-    x, y = aperture(aperture_name_).tel_to_idl(v2, v3)
-    return np.asarray(x, float), np.asarray(y, float)
+    return tel_to_idl(aperture_name_, v2, v3)
 
 
 def distance_outside(points: np.ndarray, polygon: np.ndarray) -> np.ndarray:
