@@ -1,0 +1,58 @@
+"""The offline reference kit: a synthetic NIRCam CRDS cache and MIRAGE_DATA tree from one detector model.
+
+Layout of a kit built with `dream-hpc refkit build --out DIR` (or `build(DIR)`):
+  DIR/crds_cache/      CRDS cache for jwst: CRDS_MODE=local, CRDS_PATH=DIR/crds_cache, CRDS_CONTEXT=CONTEXT
+  DIR/mirage_data/     MIRAGE_DATA for Mirage: PSF library, linearized darks, cosmic rays, QE flats
+  DIR/manifest.json    sha256, size and role of every file, build parameters, kit version, context
+  DIR/manifest.json.sha256
+
+Modules: nircam (instrument facts), detector (the detector model), distortion (pysiaf -> model,
+pixel areas), photometry (Mirage zeropoints -> PHOTOM), psf (PSF and APCORR), crds_refs /
+crds_cache (references and mappings), mirage_data (Mirage files, `mirage_paths`), manifest, builder.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from dream_hpc.cli import UserError
+
+KIT_VERSION = "1.0"  # bump when the generated content changes for the same parameters
+CONTEXT = "jwst_0001.pmap"  # the pinned CRDS context every kit carries
+
+
+class KitError(UserError):
+    """A kit request or lookup that cannot be served; one line naming the fix."""
+
+
+def build(out: str | Path, **kwargs: Any) -> Path:
+    """Build a kit into `out` (detectors, filters, readpatts, ngroups_max, seed, progress); returns
+    the manifest path. Defaults: NRCB1 + NRCB5, F150W + F277W, BRIGHT2, 6 groups."""
+    from dream_hpc.refkit.builder import build as _build
+
+    return _build(out, **kwargs)
+
+
+def mirage_paths(mirage_data: Path, detector: str, filter: str, readpatt: str,  # noqa: A002
+                 ngroups: int | None = None) -> dict[str, Path]:
+    """Mirage yaml key -> kit file/directory for one exposure (see mirage_data.mirage_paths)."""
+    from dream_hpc.refkit.mirage_data import mirage_paths as _paths
+
+    return _paths(mirage_data, detector, filter, readpatt, ngroups)
+
+
+def cosmic_ray_suffix(detector: str) -> str:
+    """The `cosmicRay: suffix` Mirage needs for `detector` with this kit (e.g. IPC_NIRCam_B1)."""
+    from dream_hpc.refkit.mirage_data import cr_suffix
+    from dream_hpc.refkit.nircam import InstrumentError
+    from dream_hpc.refkit.nircam import detector as _detector
+
+    try:
+        return cr_suffix(_detector(detector))
+    except InstrumentError as e:
+        raise KitError(str(e)) from None
+
+
+PSF_WFE = "predicted"  # simSignals: psfwfe for the kit's PSF library
+PSF_WFE_GROUP = 0  # simSignals: psfwfegroup

@@ -1,0 +1,226 @@
+"""CRDS reference files for NIRCam imaging, written as jwst datamodels from the detector model.
+
+Every file is FULL frame (jwst cuts subarrays out itself, Mirage needs full frame too), carries
+the metadata jwst validates, and is written with a fixed DATE so the same seed gives the same
+bytes. File names follow CRDS's own pattern (jwst_nircam_<reftype>_<serial>); what each one is
+for is recorded in the rmaps and the kit manifest.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from dream_hpc.refkit.detector import DetectorModel, dq_flags
+from dream_hpc.refkit.nircam import FULL, Detector, Zeropoint
+from dream_hpc.refkit.photometry import PHOTOM_UNCERTAINTY, abvega_offset, photmjsr
+
+USEAFTER = "2014-01-01T00:00:00"  # before any JWST data: one file per selection, valid for all dates
+FIXED_DATE = "2024-01-01T00:00:00.000"  # DATE written into every file (reproducible bytes)
+AUTHOR = "dream-hpc refkit"
+PEDIGREE = "DUMMY"  # synthetic, not a calibration product
+IMAGING_EXPTYPES = "NRC_IMAGE|NRC_TSIMAGE|NRC_FLAT|NRC_LED|NRC_DARK|NRC_FOCUS|NRC_TACQ|NRC_TACONFIRM|"
+CLEAR_PUPILS = "CLEAR|F162M|F164N|F323N|F405N|F466N|F470N|FLAT|"
+
+
+@dataclass
+class RefFile:
+    """One written reference and the selection (parkey values) it answers."""
+
+    reftype: str
+    match: tuple[str, ...]  # values of the rmap's Match parkeys, in order
+    path: Path
+    describes: dict[str, str] = field(default_factory=dict)  # for the manifest
+
+
+@contextlib.contextmanager
+def fixed_save_date() -> Iterator[None]:
+    """Make stdatamodels stamp FIXED_DATE instead of now() into files saved in this block."""
+    from astropy.time import Time
+    from stdatamodels.jwst.datamodels import model_base
+
+    class _FixedTime(Time):
+        @classmethod
+        def now(cls):  # type: ignore[override]
+            return Time(FIXED_DATE, format="isot", scale="utc")
+
+    original = model_base.Time
+    model_base.Time = _FixedTime
+    try:
+        yield
+    finally:
+        model_base.Time = original
+
+
+class Writer:
+    """Writes references into one directory with CRDS-style serial names."""
+
+    def __init__(self, refdir: Path):
+        self.refdir = refdir
+        self.serial: dict[str, int] = {}
+        self.written: list[RefFile] = []
+
+    def _name(self, reftype: str, ext: str) -> Path:
+        n = self.serial.get(reftype, 0) + 1
+        self.serial[reftype] = n
+        return self.refdir / f"jwst_nircam_{reftype}_{n:04d}.{ext}"
+
+    def save(self, model, reftype: str, match: tuple[str, ...], ext: str = "fits", **describes: str) -> RefFile:
+        path = self._name(reftype, ext)
+        model.save(str(path))
+        model.close()
+        ref = RefFile(reftype=reftype, match=match, path=path, describes=describes)
+        self.written.append(ref)
+        return ref
+
+
+def _meta(model, reftype: str, det: Detector | None, description: str, subarray: bool = True) -> None:
+    """The header every reference carries (what jwst and CRDS look at)."""
+    m = model.meta
+    m.reftype = reftype.upper()
+    m.author = AUTHOR
+    m.pedigree = PEDIGREE
+    m.useafter = USEAFTER
+    m.description = description
+    m.telescope = "JWST"
+    m.instrument.name = "NIRCAM"
+    if det is not None:
+        m.instrument.detector = det.dms
+        m.instrument.channel = det.channel
+        m.instrument.module = det.module
+    if _has(m, "exposure"):
+        m.exposure.type = "NRC_IMAGE"
+        m.exposure.p_exptype = IMAGING_EXPTYPES
+    if subarray and det is not None and _has(m, "subarray"):
+        m.subarray.name = "FULL"
+        m.subarray.xstart, m.subarray.ystart = 1, 1
+        m.subarray.xsize, m.subarray.ysize = FULL, FULL
+        m.subarray.fastaxis, m.subarray.slowaxis = det.fastaxis, det.slowaxis
+
+
+def _bare(cls, **arrays):
+    """A model holding only the given arrays. Constructing with data= would also add all-zero DQ/ERR
+    arrays (tens of MB per file); jwst creates those same defaults itself when it opens the file."""
+    model = cls()
+    for name, value in arrays.items():
+        setattr(model, name, value)
+    return model
+
+
+def _has(meta, name: str) -> bool:
+    """Whether the model's schema has this metadata group (PixelAreaModel has no subarray, ...)."""
+    try:
+        getattr(meta, name)
+    except AttributeError:
+        return False
+    return True
+
+
+def _dq_def(flag_names: list[str]) -> np.ndarray:
+    flags = dq_flags()
+    rows = [(int(np.log2(flags[n])), flags[n], n, n.replace("_", " ").lower()) for n in flag_names]
+    return np.array(rows, dtype=[("BIT", "<i4"), ("VALUE", "<u4"), ("NAME", "S40"), ("DESCRIPTION", "S80")])
+
+
+def write_detector_refs(w: Writer, model: DetectorModel, geometry, zeropoints: dict[str, Zeropoint],
+                        readpatts: dict[str, tuple[int, int]], ngroups_max: int) -> None:
+    """All per-detector references: Detector1's, distortion, area, photom and one flat per filter."""
+    from stdatamodels.jwst import datamodels as dm
+
+    det = model.det
+    d = det.dms
+    tag = f"synthetic {det.name}, dream-hpc refkit seed {model.seed}"
+
+    mask = dm.MaskModel(dq=model.dq,
+                        dq_def=_dq_def(["DO_NOT_USE", "DEAD", "HOT", "WARM", "LOW_QE", "REFERENCE_PIXEL"]))
+    _meta(mask, "mask", det, f"bad pixels ({tag})")
+    w.save(mask, "mask", (d,), detector=det.name)
+
+    gain = dm.GainModel(data=model.gain)
+    _meta(gain, "gain", det, f"gain e-/DN ({tag})")
+    gain.meta.bunit_data = "electron/DN"
+    w.save(gain, "gain", (d,), detector=det.name)
+
+    rn = dm.ReadnoiseModel(data=model.readnoise)
+    _meta(rn, "readnoise", det, f"CDS read noise DN ({tag})")
+    rn.meta.bunit_data = "DN"
+    w.save(rn, "readnoise", (d,), detector=det.name)
+
+    sb = _bare(dm.SuperBiasModel, data=model.superbias)
+    _meta(sb, "superbias", det, f"superbias DN ({tag})")
+    w.save(sb, "superbias", (d,), detector=det.name)
+
+    sat = _bare(dm.SaturationModel, data=model.saturation)
+    _meta(sat, "saturation", det, f"saturation, raw DN including bias ({tag})")
+    w.save(sat, "saturation", (d,), detector=det.name)
+
+    lin = _bare(dm.LinearityModel, coeffs=model.lin_coeffs)
+    _meta(lin, "linearity", det, f"linearity correction raw->linear, bias removed ({tag})")
+    w.save(lin, "linearity", (d,), detector=det.name)
+
+    for readpatt, (nframes, groupgap) in sorted(readpatts.items()):
+        dark = _bare(dm.DarkModel, data=model.mean_dark_groups(nframes, groupgap, ngroups_max))
+        _meta(dark, "dark", det, f"dark DN per group, {readpatt} x{ngroups_max} ({tag})")
+        e = dark.meta.exposure
+        e.readpatt, e.nframes, e.groupgap, e.ngroups, e.nints = readpatt, nframes, groupgap, ngroups_max, 1
+        w.save(dark, "dark", (d, readpatt), detector=det.name, readpatt=readpatt)
+
+    dist = dm.DistortionModel(model=geometry.model, input_units="pixel", output_units="arcsec")
+    _meta(dist, "distortion", det, f"pysiaf {geometry.aperture} Sci2Idl/Idl2Sci -> V2/V3 ({tag})",
+          subarray=False)
+    dist.meta.subarray.name = "FULL"
+    dist.meta.instrument.filter = "N/A"
+    dist.meta.instrument.pupil = "N/A"
+    dist.meta.instrument.p_pupil = CLEAR_PUPILS
+    w.save(dist, "distortion", (d,), ext="asdf", detector=det.name)
+
+    area = dm.PixelAreaModel(data=geometry.relative_area)
+    _meta(area, "area", det, f"pixel area / nominal, from the distortion ({tag})")
+    area.meta.photometry.pixelarea_steradians = geometry.nominal_area_sr
+    area.meta.photometry.pixelarea_arcsecsq = geometry.nominal_area_arcsec2
+    w.save(area, "area", (d,), detector=det.name)
+
+    phot = dm.NrcImgPhotomModel()
+    rows = [(f, "CLEAR", photmjsr(zp, geometry.nominal_area_sr), PHOTOM_UNCERTAINTY * photmjsr(zp, geometry.nominal_area_sr))
+            for f, zp in sorted(zeropoints.items())]
+    phot.phot_table = np.array(rows, dtype=[("filter", "S12"), ("pupil", "S15"), ("photmjsr", "<f4"),
+                                            ("uncertainty", "<f4")])
+    _meta(phot, "photom", det, f"MJy/sr per DN/s from Mirage's zeropoints ({tag})", subarray=False)
+    phot.meta.photometry.pixelarea_steradians = geometry.nominal_area_sr
+    phot.meta.photometry.pixelarea_arcsecsq = geometry.nominal_area_arcsec2
+    w.save(phot, "photom", (d,), detector=det.name, filters=",".join(sorted(zeropoints)))
+
+    for filt in sorted(zeropoints):
+        flat = _bare(dm.FlatModel, data=model.crds_flat(filt))
+        _meta(flat, "flat", det, f"flat = QE x relative pixel area, {filt} ({tag})")
+        flat.meta.instrument.filter = filt
+        flat.meta.instrument.pupil = "CLEAR"
+        w.save(flat, "flat", (d, filt, "CLEAR"), detector=det.name, filter=filt)
+
+
+def write_catalog_refs(w: Writer, apcorr: dict[str, list[tuple]], zeropoints: dict[str, list[Zeropoint]]) -> None:
+    """Image3 source_catalog references: one APCORR and one ABVEGAOFFSET table, a row per filter."""
+    from astropy.table import Table
+    from stdatamodels.jwst import datamodels as dm
+
+    ap = dm.NrcImgApcorrModel()
+    rows = [(f, "CLEAR", *row) for f in sorted(apcorr) for row in apcorr[f]]
+    ap.apcorr_table = np.array(rows, dtype=[("filter", "S12"), ("pupil", "S15"), ("eefraction", "<f4"),
+                                            ("radius", "<f4"), ("apcorr", "<f4"), ("skyin", "<f4"),
+                                            ("skyout", "<f4")])
+    _meta(ap, "apcorr", None, "aperture corrections measured on the kit's drizzled synthetic PSFs (radii in "
+          "native pixels)", subarray=False)
+    w.save(ap, "apcorr", ("NRC_IMAGE",), filters=",".join(sorted(apcorr)))
+
+    ab = dm.ABVegaOffsetModel()
+    filters = sorted(zeropoints)
+    # per filter, the mean over the kit's detectors (they differ by ~0.002 mag)
+    offsets = [float(np.mean([abvega_offset(zp) for zp in zeropoints[f]])) for f in filters]
+    ab.abvega_offset = Table({"filter": filters, "pupil": ["CLEAR"] * len(filters),
+                              "abvega_offset": np.array(offsets, np.float32)})
+    _meta(ab, "abvegaoffset", None, "m_AB - m_Vega from Mirage's zeropoint table", subarray=False)
+    w.save(ab, "abvegaoffset", ("NRC_IMAGE",), ext="asdf", filters=",".join(filters))
