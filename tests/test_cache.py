@@ -170,3 +170,26 @@ def test_cache_refs_command(kit: Path, tmp_path: Path) -> None:
     assert sync.returncode == 0
     assert f"crds sync --contexts {kit_context(kit)} --files" in sync.stdout
     assert all(n in sync.stdout for n in names)
+
+
+def test_verify_with_config_accepts_a_cache_synced_for_the_survey(kit: Path, tmp_path: Path) -> None:
+    """A cache holding only what `cache refs` lists passes with --config, and fails without it."""
+    pytest.importorskip("dream_hpc.plan")
+    spec = kit_unit_specs()[0]
+    cfg = tmp_path / "survey.yaml"
+    cfg.write_text(f"references:\n  crds_path: {tmp_path / 'crds_cache'}\n  context: {kit_context(kit)}\n"
+                   f"instrument:\n  detectors: [{spec['detector']}]\n  subarray: {spec['subarray']}\n"
+                   f"  readout: {{readpatt: {spec['readpatt']}}}\ncatalog:\n  path: nonexistent.ecsv\n")
+    cache = mirror(kit / "crds_cache", tmp_path / "crds_cache")
+    refs = run_cli("cache", "refs", str(cfg))
+    assert refs.returncode == 0, refs.stderr[-2000:]
+    needed = set(refs.stdout.split())
+    unused = [p for p in _references(tmp_path) if p.name not in needed]
+    if not unused:
+        pytest.skip("the kit holds nothing this one-detector survey does not use")
+    for p in unused:
+        p.unlink()
+    partial = run_cli("cache", "verify", str(cache), "--quiet")
+    assert partial.returncode == 1 and "not in the cache" in partial.stdout
+    synced = run_cli("cache", "verify", str(cache), "--config", str(cfg), "--quiet")
+    assert synced.returncode == 0, synced.stdout + synced.stderr[-2000:]
