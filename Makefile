@@ -8,7 +8,7 @@ DEMO_CONFIG ?= config/demo.yaml
 DEMO_RUN ?= runs/demo
 PYTEST_ARGS ?=
 
-.PHONY: help venv demo test lint lock kit bench container crds-cache clean
+.PHONY: help venv demo test lint lock kit bench clean
 
 help:
 	@echo "make demo       build everything needed and run the demo survey (config/demo.yaml) -> $(DEMO_RUN)"
@@ -36,10 +36,16 @@ $(KIT)/.built: $(BIN)/.installed $(shell find src/dream_hpc/refkit -name '*.py' 
 
 kit: $(KIT)/.built
 
-demo: $(KIT)/.built
+DEMO_CATALOG := build/demo/catalog.ecsv
+
+$(DEMO_CATALOG): $(BIN)/.installed $(DEMO_CONFIG)
+	$(BIN)/dream-hpc catalog synth $(DEMO_CONFIG) --out $@
+
+demo: $(KIT)/.built $(DEMO_CATALOG)
 	$(BIN)/dream-hpc survey $(DEMO_CONFIG) --out $(DEMO_RUN)
 
-test: $(KIT)/.built
+# sysdeps (Slurm, munge, shellcheck) come first: the Slurm tests start a real one-node Slurm.
+test: sysdeps $(KIT)/.built
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: venv
@@ -53,9 +59,7 @@ lock:
 bench: $(KIT)/.built
 	$(BIN)/python bench/bench_engine.py
 
-container:
-	@command -v apptainer >/dev/null || { echo "error: apptainer is not installed; see https://apptainer.org/docs/admin/main/installation.html (or use a cluster login node that has it)"; exit 1; }
-	apptainer build --fakeroot build/dream-hpc.sif containers/dream-hpc.def
+include mk/cluster.mk
 
 clean:
 	rm -rf build runs .pytest_cache

@@ -35,7 +35,9 @@ class UserError(RuntimeError):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="dream-hpc", description=__doc__.splitlines()[0])
+    import dream_hpc
+
+    parser = argparse.ArgumentParser(prog="dream-hpc", description=dream_hpc.__doc__)
     parser.add_argument("--version", action="version", version=f"dream-hpc {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMAND_MODULES:
