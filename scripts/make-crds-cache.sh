@@ -47,16 +47,17 @@ fi
 out_parent=$(dirname "$out")
 mkdir -p "$out_parent"
 tmp=$(mktemp -d "$out_parent/.$(basename "$out").tmp-XXXXXX")
+chmod 755 "$tmp"
 trap 'rm -rf "$tmp"' EXIT
 
 if [[ $sync -eq 0 ]]; then
     kit=${KIT:-$root/build/refkit}
     [[ -d $kit/crds_cache ]] || die "$kit/crds_cache: no reference kit; build it with 'make kit' (or set KIT)"
     [[ -f $kit/crds_cache/mappings/jwst/$context ]] || die "$kit has no mapping $context (the kit was built for another context)"
-    for part in crds_cache mirage_data manifest.json; do
-        [[ -e $kit/$part ]] || continue
-        # Hard links when on the same file system (no second copy of the data), else a real copy.
-        cp -al "$kit/$part" "$tmp/" 2>/dev/null || cp -a "$kit/$part" "$tmp/"
+    # The whole kit (caches, manifest and its checksum); hard links when on the same file system
+    # (no second copy of the data), else a real copy.
+    for part in "$kit"/*; do
+        cp -al "$part" "$tmp/" 2>/dev/null || cp -a "$part" "$tmp/"
     done
     log "staged the offline reference kit $kit ($context)"
 else

@@ -28,7 +28,7 @@ def config_paths(cfg: SurveyConfig) -> list[Path]:
         paths.append(cache)
         # A reference kit's manifest sits beside its caches and is part of their recorded identity
         # (runinfo.cache_manifest): without it, the same kit would look different inside the image.
-        paths.append(cache.parent / "manifest.json")
+        paths += [cache.parent / "manifest.json", cache.parent / "manifest.json.sha256"]
     apt = cfg.pointings.apt
     for name in (apt.xml, apt.pointing):
         if name:

@@ -1,0 +1,253 @@
+"""slurm/full_survey.sh and slurm/image3.sh on a real one-node Slurm (started for the session).
+
+- a survey submitted with `sbatch` runs its units under `srun --mpi=pmi2`, hands over to one
+  Image3 job (afterok), which makes the mosaic and passes `dream-hpc audit`; the journal records
+  the Slurm job id and node list;
+- `scancel` part-way, then resubmitting, finishes the survey without redoing finished units;
+- the time-limit warning (SIGUSR1 to the batch script) stops the engine taking units, requeues
+  the job, and the requeued job resumes and finishes;
+- the Slurm run and the same config under `mpiexec -n 2` compare bit-identical.
+The survey is small (4 units of one detector, one filter) to keep these tests short.
+"""
+
+from __future__ import annotations
+
+import collections
+import datetime
+import os
+import re
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import yaml
+
+from dream_hpc.journal import read_all
+from dream_hpc.slurm import bind_paths, outermost
+
+ROOT = Path(__file__).resolve().parents[1]
+SLURM = ROOT / "slurm"
+VENV = Path(sys.executable).parent.parent  # the venv running these tests holds dream-hpc
+JOB_TIMEOUT_S = 1200
+
+
+# --- no Slurm needed -----------------------------------------------------------------------------
+def test_outermost_folds_nested_and_duplicate_paths() -> None:
+    paths = [Path("/a/run"), Path("/a"), Path("/b/c"), Path("/b/c"), Path("/b/cd"), Path("/b/c/d/e")]
+    assert outermost(paths) == [Path("/a"), Path("/b/c"), Path("/b/cd")]
+
+
+def test_bind_paths_follow_the_config(tmp_path: Path) -> None:
+    from dream_hpc.config import load_config
+
+    cfg_dir = tmp_path / "cfg"
+    cfg_dir.mkdir()
+    (cfg_dir / "survey.yaml").write_text(
+        "catalog: {path: cats/dream.fits}\n"
+        f"references: {{crds_path: {tmp_path}/kit/crds_cache, mirage_data: /data/mirage}}\n")
+    binds = bind_paths(load_config(cfg_dir / "survey.yaml"), tmp_path / "run")
+    assert binds[0] == (tmp_path / "run").resolve()
+    assert cfg_dir.resolve() in binds and (cfg_dir / "cats").resolve() not in binds  # folded into the config dir
+    assert (tmp_path / "kit" / "crds_cache").resolve() in binds
+    assert (tmp_path / "kit" / "manifest.json").resolve() in binds  # the kit's identity, for provenance
+    assert Path("/data/mirage") in binds
+
+
+def test_scripts_keep_the_environment_and_ask_for_the_warning() -> None:
+    survey = (SLURM / "full_survey.sh").read_text()
+    image3 = (SLURM / "image3.sh").read_text()
+    common = (SLURM / "common.sh").read_text()
+    code = "\n".join(ln for ln in common.splitlines() if not ln.lstrip().startswith("#"))
+    calls = re.findall(r"apptainer exec(.*?)\"\$DREAM_IMAGE\"", code, flags=re.S)
+    assert len(calls) == 2, "expected the bind query and the launcher in slurm/common.sh"
+    for options in calls:
+        assert not re.search(r"(?<!\S)(--cleanenv|--containall|-e|-C)(?!\S)", options), \
+            f"apptainer exec{options}: must pass SLURM_* and APPTAINER_CONTAINER through (provenance)"
+    directives = [ln.split(None, 1)[1] for ln in survey.splitlines() if ln.startswith("#SBATCH")]
+    assert any(d.startswith("--signal=B:USR1@") for d in directives)
+    assert "--requeue" in directives and any("%j" in d for d in directives if d.startswith("--output"))
+    assert "--ntasks=1" in [ln.split(None, 1)[1] for ln in image3.splitlines() if ln.startswith("#SBATCH")]
+    assert "srun --mpi=" in survey.replace('srun "${srun_args[@]}"', "srun --mpi=") and "pmi2" in survey
+    assert "--dependency=" in survey and "afterok:" in survey
+
+
+# --- a real Slurm --------------------------------------------------------------------------------
+@dataclass
+class Submission:
+    survey_job: str
+    image3_job: str
+    run: Path
+    workdir: Path
+    wall_s: float = 0.0
+    states: dict[str, str] | None = None
+
+    def log(self, job: str, name: str = "dream-survey") -> str:
+        path = self.workdir / f"{name}-{job}.out"
+        return path.read_text() if path.exists() else ""
+
+
+def _config(directory: Path, kit: Path) -> Path:
+    """config/demo.yaml cut to one tile, 4 dithers, NRCB1 only (4 units in F150W), a short readout."""
+    cfg = yaml.safe_load((ROOT / "config" / "demo.yaml").read_text())
+    cfg["references"].update(crds_path=str(kit / "crds_cache"), mirage_data=str(kit / "mirage_data"))
+    cfg["catalog"]["path"] = "catalog.ecsv"
+    cfg["pointings"].update(rows=1, cols=1, dither={"points": 4, "step_arcsec": 1.0, "pattern": "line"})
+    cfg["instrument"].update(detectors=["NRCB1"], readout={"readpatt": "BRIGHT2", "ngroups": 4, "nints": 1})
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / "survey.yaml"
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    done = subprocess.run([sys.executable, "-m", "dream_hpc", "catalog", "synth", str(path), "--out",
+                           str(directory / "catalog.ecsv"), "--overwrite"], capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, done.stderr
+    return path
+
+
+@pytest.fixture(scope="session")
+def slurm_config(tmp_path_factory: pytest.TempPathFactory, refkit_dir: Path) -> Path:
+    return _config(tmp_path_factory.mktemp("slurm-config"), refkit_dir)
+
+
+def submit(cluster, config: Path, run: Path, workdir: Path, **env: str) -> Submission:
+    workdir.mkdir(parents=True, exist_ok=True)
+    job = cluster.sbatch("--nodes=1", "--ntasks-per-node=2", "--mem-per-cpu=3G", "--time=30",
+                         str(SLURM / "full_survey.sh"), cwd=workdir,
+                         env={"DREAM_CONFIG": str(config), "DREAM_RUN": str(run), "DREAM_VENV": str(VENV),
+                              "DREAM_IMAGE3_MEM": "3G", "DREAM_IMAGE3_TIME": "30", **env})
+    record = run / "logs" / "slurm" / "image3.job"
+    cluster.wait_for(lambda: record.exists() and record.read_text().split()[1:2] == [job], 120,
+                     f"job {job} to queue its Image3 job")
+    return Submission(job, record.read_text().split()[0], run, workdir)
+
+
+def journal_records(run: Path) -> list[dict]:
+    return list(read_all(run / "journal")) if (run / "journal").is_dir() else []
+
+
+def units_done(run: Path) -> set[str]:
+    return {r["unit"] for r in journal_records(run) if r["kind"] == "unit_done"}
+
+
+def assert_each_unit_done_once(run: Path, n_units: int = 4) -> None:
+    records = journal_records(run)
+    done = collections.Counter(r["unit"] for r in records if r["kind"] == "unit_done")
+    stages = collections.Counter((r["unit"], r["data"]["stage"]) for r in records if r["kind"] == "stage_done")
+    assert len(done) == n_units and set(done.values()) == {1}, f"units finished more than once: {done}"
+    assert set(stages.values()) == {1}, f"stages computed more than once: {stages}"
+
+
+def assert_mosaic_and_audit(run: Path) -> None:
+    mosaics = list((run / "mosaic").glob("*_i2d.fits"))
+    assert mosaics, f"no mosaic in {run / 'mosaic'}"
+    for suffix in ("_segm.fits", "_cat.ecsv"):
+        assert list((run / "mosaic").glob(f"*{suffix}")), f"no *{suffix} in {run / 'mosaic'}"
+    audit = subprocess.run([sys.executable, "-m", "dream_hpc", "audit", str(run)], capture_output=True, text=True,
+                           timeout=600)
+    assert audit.returncode == 0, f"audit failed:\n{audit.stdout}\n{audit.stderr}"
+
+
+@pytest.fixture(scope="session")
+def slurm_survey(local_slurm, slurm_config: Path, tmp_path_factory: pytest.TempPathFactory) -> Submission:
+    """One survey through `sbatch slurm/full_survey.sh`, waited for (both jobs)."""
+    base = tmp_path_factory.mktemp("slurm-survey")
+    t0 = time.monotonic()
+    sub = submit(local_slurm, slurm_config, base / "run", base)
+    sub.states = local_slurm.wait([sub.survey_job, sub.image3_job], JOB_TIMEOUT_S)
+    sub.wall_s = time.monotonic() - t0
+    print(f"\nlocal Slurm up in {local_slurm.start_s:.1f} s; sbatch -> both jobs done in {sub.wall_s:.0f} s")
+    return sub
+
+
+@pytest.mark.slurm
+@pytest.mark.slow
+def test_sbatch_accepts_the_directives(local_slurm) -> None:
+    """Real sbatch parses every #SBATCH line (with this one small node's resources overridden)."""
+    for script, resources in (("full_survey.sh", ["--nodes=1", "--ntasks-per-node=2", "--mem-per-cpu=1G"]),
+                              ("image3.sh", ["--mem=1G"])):
+        done = local_slurm.run("sbatch", "--test-only", *resources, str(SLURM / script))
+        assert done.returncode == 0 and "to start at" in done.stderr, done.stderr
+
+
+@pytest.mark.slurm
+@pytest.mark.slow
+def test_survey_through_slurm(local_slurm, slurm_survey: Submission) -> None:
+    sub = slurm_survey
+    assert sub.states == {sub.survey_job: "COMPLETED", sub.image3_job: "COMPLETED"}, (
+        f"{sub.states}\n--- survey job log ---\n{sub.log(sub.survey_job)}\n"
+        f"--- image3 job log ---\n{sub.log(sub.image3_job, 'dream-image3')}")
+    assert local_slurm.job(sub.image3_job)["NumTasks"] == "1"
+    assert_each_unit_done_once(sub.run)
+    assert_mosaic_and_audit(sub.run)
+    # The ranks were started by srun with PMI-2 and the run records the Slurm job (provenance).
+    starts = [r for r in journal_records(sub.run) if r["kind"] == "run_start"]
+    assert len(starts) == 1
+    facts = starts[0]["data"]
+    assert facts["mpi_size"] == 2 and facts.get("launcher") == "srun"
+    assert facts["slurm"]["job_id"] == sub.survey_job and facts["slurm"]["nodelist"]
+    assert {r["rank"] for r in journal_records(sub.run) if r["kind"] == "unit_done"} <= {0, 1}
+    assert "audit" in sub.log(sub.image3_job, "dream-image3")
+
+
+@pytest.mark.slurm
+@pytest.mark.slow
+def test_cancel_then_resubmit_resumes(local_slurm, slurm_config: Path, tmp_path: Path) -> None:
+    first = submit(local_slurm, slurm_config, tmp_path / "run", tmp_path)
+    local_slurm.wait_for(lambda: units_done(first.run), JOB_TIMEOUT_S, "a first finished unit")
+    assert local_slurm.run("scancel", first.survey_job).returncode == 0
+    local_slurm.wait([first.survey_job], 120)
+    # Its Image3 job can never start now: Slurm cancels it (--kill-on-invalid-dep).
+    assert local_slurm.wait([first.image3_job], 120)[first.image3_job] == "CANCELLED"
+    before = units_done(first.run)
+    assert 1 <= len(before) < 4, f"cancel came too late to test resume: {before}"
+    resubmitted_at = datetime.datetime.now(datetime.UTC)
+
+    second = submit(local_slurm, slurm_config, first.run, tmp_path)
+    states = local_slurm.wait([second.survey_job, second.image3_job], JOB_TIMEOUT_S)
+    assert set(states.values()) == {"COMPLETED"}, f"{states}\n{second.log(second.survey_job)}"
+    assert_each_unit_done_once(first.run)
+    # Units finished before the cancel were not started again by the resubmitted job.
+    later = [r for r in journal_records(first.run)
+             if r["kind"] == "unit_start" and datetime.datetime.fromisoformat(r["time"]) >= resubmitted_at]
+    assert later and not {r["unit"] for r in later} & before
+    assert_mosaic_and_audit(first.run)
+
+
+@pytest.mark.slurm
+@pytest.mark.slow
+def test_time_limit_warning_requeues_and_resumes(local_slurm, slurm_config: Path, tmp_path: Path) -> None:
+    # The warning normally comes --signal seconds before the limit; sending it by hand is the same
+    # signal to the same process. DREAM_MIN_ATTEMPT_S=0: the guard against a too-short --time is off.
+    sub = submit(local_slurm, slurm_config, tmp_path / "run", tmp_path, DREAM_MIN_ATTEMPT_S="0")
+    local_slurm.wait_for(lambda: units_done(sub.run), JOB_TIMEOUT_S, "a first finished unit")
+    assert local_slurm.run("scancel", "--batch", "--signal=USR1", sub.survey_job).returncode == 0
+    states = local_slurm.wait([sub.survey_job, sub.image3_job], JOB_TIMEOUT_S)
+    log = sub.log(sub.survey_job)
+    assert set(states.values()) == {"COMPLETED"}, f"{states}\n{log}"
+    assert int(local_slurm.job(sub.survey_job)["Restarts"]) == 1, log
+    assert "requeueing job" in log and "sending TERM" not in log, "the ranks should stop on their own (RUN/STOP)"
+    assert not (sub.run / "STOP").exists(), "the requeued job must clear its own stop request"
+    assert_each_unit_done_once(sub.run)
+    assert len([r for r in journal_records(sub.run) if r["kind"] == "run_start"]) == 2
+    assert_mosaic_and_audit(sub.run)
+
+
+@pytest.mark.slurm
+@pytest.mark.slow
+@pytest.mark.mpi
+def test_slurm_and_mpiexec_runs_are_bit_identical(slurm_survey: Submission, slurm_config: Path,
+                                                   tmp_path: Path) -> None:
+    """Reproducing a run elsewhere: the same config under mpiexec -n 2, in another directory."""
+    other = tmp_path / "mpiexec-run"
+    env = {**os.environ, "PATH": f"{VENV / 'bin'}:{os.environ['PATH']}"}
+    for var in [v for v in env if v.startswith(("SLURM_", "PMI_"))]:
+        env.pop(var)
+    done = subprocess.run(["mpiexec", "-n", "2", "dream-hpc", "run", str(slurm_config), "--out", str(other)],
+                          env=env, capture_output=True, text=True, timeout=JOB_TIMEOUT_S)
+    assert done.returncode == 0, done.stdout + done.stderr
+    for cmd in (["provenance", str(other)], ["compare", str(slurm_survey.run), str(other)]):
+        res = subprocess.run([sys.executable, "-m", "dream_hpc", *cmd], capture_output=True, text=True, timeout=900)
+        assert res.returncode == 0, f"dream-hpc {' '.join(cmd)}:\n{res.stdout}\n{res.stderr}"
+    assert "bit-identical" in res.stdout or "identical" in res.stdout, res.stdout
