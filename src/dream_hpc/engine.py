@@ -14,7 +14,9 @@ from __future__ import annotations
 import argparse
 import contextlib
 import heapq
+import logging
 import os
+import signal
 import socket
 import sys
 import time
@@ -458,6 +460,10 @@ def execute(config_path: str | Path, out: str | Path, mosaic: bool = True,
     from dream_hpc.worker import WorkerProcess
 
     comm = mpi.world()
+    # SIGTERM (scancel, srun at a time limit, mpiexec teardown): unwind, killing the worker, so the
+    # journal shows the unit as interrupted and a rerun resumes it.
+    signal.signal(signal.SIGTERM, _terminated)
+    logging.getLogger("pysiaf").setLevel(logging.ERROR)  # "cannot check PRD online": offline by design
     config_path, out = Path(config_path).resolve(), Path(out).resolve()
     if not config_path.is_file():
         raise UserError(f"{config_path}: config file not found (check the path, e.g. config/demo.yaml)")
@@ -498,6 +504,10 @@ def execute(config_path: str | Path, out: str | Path, mosaic: bool = True,
         return _coordinate(comm, prepared, hosts or [], mosaic, early if works else None, stream, works)
 
 
+def _terminated(signum: int, frame: Any) -> None:
+    raise SystemExit(128 + signum)
+
+
 def _rank_main(comm: Any, config_path: Path, out: Path, worker: Any) -> int:
     from dream_hpc.journal import JournalWriter
     from dream_hpc.worker import Executor
@@ -509,6 +519,9 @@ def _rank_main(comm: Any, config_path: Path, out: Path, worker: Any) -> int:
                         notify=lambda kind, data: comm.send(("progress", (kind, data)), 0))
     try:
         serve(comm, executor)
+    except BaseException:
+        executor.shutdown(kill=True)
+        raise
     finally:
         executor.shutdown()
         journal.close()
@@ -538,14 +551,15 @@ def _coordinate(comm: Any, p: Prepared, hosts: list[str], mosaic: bool, worker: 
     try:
         coordinator.run()
     except BaseException:
+        if executor is not None:
+            executor.shutdown(kill=True)
+        progress.close()
         if comm.size > 1:  # do not leave other ranks waiting forever
-            progress.close()
             sys.stderr.flush()
             comm.abort(1)
         raise
-    finally:
-        if executor is not None:
-            executor.shutdown()
+    if executor is not None:
+        executor.shutdown()
     progress.close()
     for filt, why in sched.blocked.items():
         journal.write("mosaic_failed", None, filter=filt, step=None, error=why, blocked=True)

@@ -283,6 +283,7 @@ def worker_main(argv: list[str]) -> int:
     offline.forbid_network()
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s - %(name)s - %(levelname)s - %(message)s")
+    logging.getLogger("pysiaf").setLevel(logging.ERROR)  # "cannot check PRD against online version": offline by design
     import_s = _preload()
     worker: _Worker | None = None
     events.send("ready", import_s=import_s, pid=os.getpid())
@@ -428,9 +429,10 @@ class Executor:
             self.initialised = True
         return self.worker
 
-    def shutdown(self) -> None:
+    def shutdown(self, kill: bool = False) -> None:
+        """Stop the worker: politely between tasks, at once (kill) when the rank is interrupted."""
         if self.worker is not None:
-            self.worker.stop()
+            self.worker.kill() if kill else self.worker.stop()
             self.worker = None
 
     @property
