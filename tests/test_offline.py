@@ -105,9 +105,15 @@ def test_cache_verify_runs_without_any_network(kit: Path) -> None:
 @needs_netns
 @pytest.mark.slow
 def test_detector1_runs_without_any_network(kit: Path, tmp_path: Path) -> None:
-    """A real Detector1 run on a tiny uncal, in a namespace where no address outside is reachable."""
-    spec = kit_unit_specs()[0]
-    uncal = make_tiny_uncal(spec, tmp_path)
+    """A real Detector1 run on a small uncal, in a namespace where no address outside is reachable.
+
+    Full frame: jwst 3.0's dark step does not cut a full-frame dark down to a subarray, and this
+    test is about the network, not about which subarrays the kit serves (the chain tests cover those).
+    """
+    spec = dict(kit_unit_specs()[0], subarray="FULL")
+    if "xstart" in spec:  # a kit of subarray references (DREAM_HPC_TEST_UNITS): keep its geometry
+        spec = kit_unit_specs()[0]
+    uncal = make_tiny_uncal(spec, tmp_path, ngroups=3)
     code = f"""
         import socket
         try:
