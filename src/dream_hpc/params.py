@@ -258,6 +258,7 @@ def render(cfg: SurveyConfig, pipelines: list[str] | None = None, changed_only: 
         overrides = getattr(cfg.pipeline, pipeline)
         lines.append(f"== {pipeline} ({PIPELINE_CLASSES[pipeline]}) " + "=" * 40)
         lines.append(f"    {'parameter':<{width}} {'jwst default':<14} {'survey':<14} description")
+        n_header = len(lines)
         for step, params in step_parameters(pipeline).items():
             survey = overrides.get(step, {}) or {}
             from_crds = crds.get((pipeline, step), {})
@@ -282,6 +283,8 @@ def render(cfg: SurveyConfig, pipelines: list[str] | None = None, changed_only: 
                 note = NOTES.get((pipeline, step, p.name))
                 if note:
                     lines.append(f"    {'':<{width}} why: {note}{_dynamic_hint(cfg, pipeline, step, p.name)}")
+        if len(lines) == n_header:
+            lines.append("    (every parameter at jwst's default)")
         lines.append("")
     return "\n".join(lines)
 
