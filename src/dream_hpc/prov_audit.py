@@ -21,16 +21,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dream_hpc.prov_model import build, parse_lines, split_raw
+from dream_hpc.prov_model import JournalFile, build, parse_lines, split_raw
 from dream_hpc.provenance import (
     ProvenanceError,
     expected_flat,
     flatten,
-    load,
     open_h5,
     products,
     resolve,
     stored_files,
+    view_from_flat,
 )
 from dream_hpc.rundir import RunDir, RunDirError, sha256_file
 
@@ -67,14 +67,12 @@ def _difference(actual: Any, expected: Any) -> str:
 
 
 # --- the record itself ------------------------------------------------------------------------
-def check_record(h5: Any) -> list[str]:
+def check_record(actual: dict[str, Any], stored: list[JournalFile]) -> list[str]:
     """Re-verify the hash chains stored in the HDF5 and that every group/attribute/dataset matches them."""
     problems = []
-    stored = stored_files(h5)
     for f in stored:
         problems += [f"chain broken: provenance.h5 /journal/{f.name.removesuffix('.jsonl')}: line {p.line}: "
                      f"{p.problem}" for p in f.problems]
-    actual = flatten(h5)
     expected = expected_flat(build(stored))
     broken = {f"/journal/{f.name.removesuffix('.jsonl')}" for f in stored if f.problems}
     for key in sorted(set(actual) | set(expected)):
@@ -95,13 +93,13 @@ def check_record(h5: Any) -> list[str]:
     return problems
 
 
-def check_journal_dir(h5: Any, run_dir: Path) -> tuple[list[str], list[str]]:
+def check_journal_dir(stored_list: list[JournalFile], run_dir: Path) -> tuple[list[str], list[str]]:
     """The journal files on disk against the copy in provenance.h5 (problems, notes)."""
     journal = run_dir / "journal"
     if not journal.is_dir():
         return [], [f"{journal}: not found; the record was verified from provenance.h5 alone"]
     problems: list[str] = []
-    stored = {f.name: f for f in stored_files(h5)}
+    stored = {f.name: f for f in stored_list}
     on_disk = {p.name: p for p in sorted(journal.glob("rank*.jsonl"))}
     for name, f in sorted(stored.items()):
         if name not in on_disk:
@@ -213,9 +211,11 @@ def audit(path: str | Path, verify_products: bool = True,
           progress: Callable[[int, int], None] = lambda i, n: None) -> AuditResult:
     p = resolve(path)
     with open_h5(p) as h5:
-        record_problems = check_record(h5)
-        journal_problems, journal_notes = check_journal_dir(h5, p.parent)
-    result = AuditResult(view=load(p))
+        actual = flatten(h5)  # read once: checked against the journal, then the view for the rest
+    stored = stored_files(actual)
+    record_problems = check_record(actual, stored)
+    journal_problems, journal_notes = check_journal_dir(stored, p.parent)
+    result = AuditResult(view=view_from_flat(actual, p))
     result.problems += record_problems + journal_problems
     result.notes += journal_notes
     if verify_products:

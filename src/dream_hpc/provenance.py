@@ -52,14 +52,32 @@ class Tree:
         self.datasets[path] = (value, attrs)
 
     def write(self, h5: Any) -> None:
-        for path in sorted(self.groups):
-            g = h5.require_group(path)
+        for k, v in self.groups["/"].items():
+            h5.attrs[k] = _attr(v)
+        for path in sorted(self.groups):  # parents sort before their children
+            if path == "/":
+                continue
+            g = h5.create_group(path)
             for k, v in self.groups[path].items():
                 g.attrs[k] = _attr(v)
         for path, (value, attrs) in sorted(self.datasets.items()):
             ds = h5.create_dataset(path, data=_data(value))
             for k, v in attrs.items():
                 ds.attrs[k] = _attr(v)
+
+    def flat(self) -> dict[str, Any]:
+        """What `flatten` reads back from a file this tree was written to (without writing one)."""
+        out: dict[str, Any] = {}
+        for path, attrs in self.groups.items():
+            for k, v in attrs.items():
+                out[f"{path.rstrip('/')}/@{k}" if path == "/" else f"{path}@{k}"] = plain(_attr(v))
+        for path, (value, attrs) in self.datasets.items():
+            data = np.asarray(_data(value))
+            out[path] = plain(data)
+            out[f"{path}#dtype"] = str(data.dtype)
+            for k, v in attrs.items():
+                out[f"{path}@{k}"] = plain(_attr(v))
+        return out
 
 
 def _str_dtype() -> Any:
@@ -143,22 +161,24 @@ _STAGE_ATTRS = ("status", "attempt", "rank", "host", "start", "end", "wall_s", "
 
 
 def _stage(t: Tree, path: str, st: StageRecord) -> None:
-    t.group(path, **{k: getattr(st, k) for k in _STAGE_ATTRS})
+    # JSON texts are attributes: thousands of units means tens of thousands of objects, and an
+    # HDF5 dataset costs several times what an attribute does to create and to store.
+    attrs = {k: getattr(st, k) for k in _STAGE_ATTRS}
+    attrs["params"] = json.dumps(st.params, sort_keys=True, default=str)
+    attrs["extra"] = json.dumps(st.extra, sort_keys=True, default=str)
+    if st.asn is not None:
+        attrs["asn"] = st.asn if isinstance(st.asn, str) else json.dumps(st.asn, sort_keys=True)
+    t.group(path, **attrs)
     t.dataset(f"{path}/inputs", _pairs(st.inputs, "path", "sha256"))
     t.dataset(f"{path}/outputs", _pairs(st.outputs, "path", "sha256"))
     refs = [(rt, name, st.ref_sha256.get(name, "")) for rt, name in sorted(st.refs.items())]
     t.dataset(f"{path}/refs", table(refs, [("reftype", "str"), ("name", "str"), ("sha256", "str")]))
-    t.dataset(f"{path}/params", json.dumps(st.params, sort_keys=True, default=str), format="JSON")
     t.dataset(f"{path}/params_table", table(flatten_params(st.params), [("name", "str"), ("value", "str")]),
               value_format="JSON")
     seeds = [(k, int(v)) for k, v in sorted(st.seeds.items()) if isinstance(v, int)]
     t.dataset(f"{path}/seeds", table(seeds, [("purpose", "str"), ("seed", "int")]))
     times = [(k, float(v)) for k, v in st.step_times.items() if isinstance(v, int | float)]
     t.dataset(f"{path}/step_times", table(times, [("step", "str"), ("wall_s", "float")]), units="s")
-    t.dataset(f"{path}/extra", json.dumps(st.extra, sort_keys=True, default=str), format="JSON")
-    if st.asn is not None:
-        t.dataset(f"{path}/asn", st.asn if isinstance(st.asn, str) else json.dumps(st.asn, sort_keys=True),
-                  format="JSON")
 
 
 def tree(model: Model) -> Tree:
@@ -325,69 +345,75 @@ def flatten(h5: Any) -> dict[str, Any]:
 
 
 def expected_flat(model: Model) -> dict[str, Any]:
-    """What `flatten` should give for the file consolidation writes from `model` (built in memory)."""
-    import h5py
-
-    with h5py.File("expected.h5", "w", driver="core", backing_store=False) as h5:
-        tree(model).write(h5)
-        return flatten(h5)
+    """What `flatten` should give for the file consolidation writes from `model`."""
+    return tree(model).flat()
 
 
-def stored_files(h5: Any) -> list[JournalFile]:
-    """The journal files as stored in provenance.h5 (raw lines, re-parsed and re-verified)."""
+def stored_files(flat: dict[str, Any]) -> list[JournalFile]:
+    """The journal files as stored in a flattened provenance.h5 (raw lines, re-parsed and re-verified)."""
     out = []
-    for g in h5.get("journal", {}).values():
-        lines = list(g["records"].asstr()[()]) if "records" in g else []
-        out.append(parse_lines(str(g.attrs.get("file", g.name.rsplit("/", 1)[-1] + ".jsonl")), lines,
-                               int(g.attrs.get("torn_tail_bytes", 0))))
+    for key, lines in sorted(flat.items()):
+        if key.startswith("/journal/") and key.endswith("/records"):
+            group = key.removesuffix("/records")
+            name = flat.get(f"{group}@file") or group.rsplit("/", 1)[-1] + ".jsonl"
+            out.append(parse_lines(str(name), list(lines or []), int(flat.get(f"{group}@torn_tail_bytes", 0))))
     return out
 
 
-def _strs(ds: Any) -> str:
-    return ds.asstr()[()] if ds.shape == () else ""
+def _stage_view(attrs: dict[str, Any], data: dict[str, Any], path: str) -> dict[str, Any]:
+    def rows(name: str) -> list[Any]:
+        return data.get(f"{path}/{name}") or []
 
-
-def read_stage(g: Any) -> dict[str, Any]:
-    """One /units/<u>/<stage> or /mosaic/<filter> group as plain Python."""
-    rows = {name: plain(g[name][()]) if name in g else [] for name in
-            ("inputs", "outputs", "refs", "seeds", "step_times", "params_table")}
     return {
-        "attrs": {k: plain(v) for k, v in g.attrs.items()},
-        "inputs": dict(rows["inputs"]), "outputs": dict(rows["outputs"]),
-        "refs": {rt: (name, sha) for rt, name, sha in rows["refs"]},
-        "params": json.loads(_strs(g["params"]) or "{}") if "params" in g else {},
-        "params_table": dict(rows["params_table"]),
-        "seeds": dict(rows["seeds"]), "step_times": dict(rows["step_times"]),
-        "asn": json.loads(_strs(g["asn"]) or "null") if "asn" in g else None,
+        "attrs": {k: v for k, v in attrs.items() if k not in ("params", "extra", "asn")},
+        "params": json.loads(attrs.get("params") or "{}"),
+        "extra": json.loads(attrs.get("extra") or "{}"),
+        "asn": json.loads(attrs["asn"]) if attrs.get("asn") else None,
+        "inputs": dict(rows("inputs")), "outputs": dict(rows("outputs")),
+        "refs": {rt: (name, sha) for rt, name, sha in rows("refs")},
+        "params_table": dict(rows("params_table")), "seeds": dict(rows("seeds")),
+        "step_times": dict(rows("step_times")),
     }
+
+
+def view_from_flat(flat: dict[str, Any], path: Path) -> dict[str, Any]:
+    """The plain-Python view of a flattened provenance file: run facts, attempts, units, mosaics."""
+    attrs: dict[str, dict[str, Any]] = {}
+    data: dict[str, Any] = {}
+    for key, value in flat.items():
+        if "#" in key:
+            continue
+        obj, at, name = key.partition("@")
+        if at:
+            attrs.setdefault(obj or "/", {})[name] = value
+        else:
+            data[key] = value
+    root = attrs.get("/", {})
+    view: dict[str, Any] = {
+        "path": path, "run_dir": path.parent, "root": root, "run": attrs.get("/run", {}),
+        "config": data.get("/run/config") or "", "lock": data.get("/run/lock") or "",
+        "packages": dict(data.get("/run/packages") or []), "attempts": [], "units": {}, "mosaics": {},
+    }
+    for obj in sorted(attrs):
+        parts = obj.strip("/").split("/")
+        if parts[0] == "runs" and len(parts) == 2:
+            view["attempts"].append(attrs[obj] | {"packages": dict(data.get(f"{obj}/packages") or [])})
+        elif parts[0] == "units" and len(parts) == 2:
+            view["units"][parts[1]] = {"attrs": attrs[obj], "outputs": dict(data.get(f"{obj}/outputs") or []),
+                                       "stages": {}}
+        elif parts[0] == "units" and len(parts) == 3 and obj not in data:
+            view["units"].setdefault(parts[1], {"attrs": {}, "outputs": {}, "stages": {}})["stages"][parts[2]] = (
+                _stage_view(attrs[obj], data, obj))
+        elif parts[0] == "mosaic" and len(parts) == 2:
+            view["mosaics"][parts[1]] = _stage_view(attrs[obj], data, obj)
+    return view
 
 
 def load(path: str | Path) -> dict[str, Any]:
     """provenance.h5 as plain Python: run facts, attempts, units and stages, mosaics."""
     p = resolve(path)
     with open_h5(p) as h5:
-        run = h5["run"]
-        view: dict[str, Any] = {
-            "path": p, "run_dir": p.parent,
-            "root": {k: plain(v) for k, v in h5.attrs.items()},
-            "run": {k: plain(v) for k, v in run.attrs.items()},
-            "config": _strs(run["config"]) if "config" in run else "",
-            "lock": _strs(run["lock"]) if "lock" in run else "",
-            "packages": dict(plain(run["packages"][()])) if "packages" in run else {},
-            "attempts": [{k: plain(v) for k, v in g.attrs.items()} | {
-                "packages": dict(plain(g["packages"][()])) if "packages" in g else {}}
-                for _, g in sorted(h5["runs"].items())] if "runs" in h5 else [],
-            "units": {}, "mosaics": {},
-        }
-        for uid, g in h5.get("units", {}).items():
-            view["units"][uid] = {
-                "attrs": {k: plain(v) for k, v in g.attrs.items()},
-                "outputs": dict(plain(g["outputs"][()])) if "outputs" in g else {},
-                "stages": {name: read_stage(s) for name, s in g.items() if hasattr(s, "keys")},
-            }
-        for name, g in h5.get("mosaic", {}).items():
-            view["mosaics"][name] = read_stage(g)
-    return view
+        return view_from_flat(flatten(h5), p)
 
 
 def products(view: dict[str, Any]) -> dict[str, dict[str, str]]:
