@@ -156,6 +156,10 @@ def test_a_resumed_run_must_use_the_recorded_config(tmp_path):
                                                tmp_path / "b.yaml"))
     with pytest.raises(UserError, match=r"instrument\.readout\.ngroups: 4 -> 5.*new --out"):
         engine.check_same_config(run, parse_config("instrument: {readout: {ngroups: 5}}\n", tmp_path / "c.yaml"))
+    # nothing finished yet (e.g. the first attempt stopped on a config error): the corrected config replaces it
+    engine.check_same_config(run, parse_config("instrument: {readout: {ngroups: 5}}\n", tmp_path / "c.yaml"),
+                             anything_done=False)
+    assert "ngroups: 5" in run.config.read_text()
 
 
 def _journal_unit(j: JournalWriter, uid: str, end: str | None, stage: str = "detector1") -> None:

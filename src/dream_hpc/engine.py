@@ -226,6 +226,7 @@ class Coordinator:
         self.stopped: set[int] = set()
         self.stop_file = stop_file
         self.stop_requested = False
+        self.fatal: str | None = None
         self._stop_checked = 0.0
 
     def _check_stop(self) -> None:
@@ -240,7 +241,17 @@ class Coordinator:
                                f"{len(self.sched.running)} running to finish")
 
     def _next(self) -> Task | None:
-        return None if self.stop_requested else self.sched.next()
+        return None if self.stop_requested or self.fatal else self.sched.next()
+
+    def _local(self, call: Callable[[], Any]) -> Any:
+        """Run an executor call; a FatalRunError stops handing out work (the run ends with it)."""
+        from dream_hpc.worker import FatalRunError
+
+        try:
+            return call()
+        except FatalRunError as e:
+            self.fatal = self.fatal or str(e)
+            return None
 
     def _complete(self, oc: Any) -> None:
         self.progress.on_outcome(oc)
@@ -255,6 +266,13 @@ class Coordinator:
             self.idle.append(source)
         elif kind == "progress":
             self.notify(*data)
+        elif kind == "fatal":  # data = (task key, message); that rank now waits to be stopped
+            self.sched.running.pop(data[0], None)
+            self.fatal = self.fatal or data[1]
+            self.idle.append(source)
+
+    def _busy(self) -> bool:
+        return bool(self.sched.running)
 
     def notify(self, kind: str, data: dict[str, Any]) -> None:
         if kind == "start":
@@ -270,14 +288,14 @@ class Coordinator:
             # hand out work: our own worker first (no message latency), then ranks that asked
             self._check_stop()
             while self.executor is not None and not self.executor.busy and (task := self._next()):
-                oc = self.executor.start(task)
+                oc = self._local(lambda t=task: self.executor.start(t))
                 if oc is not None:
                     self._complete(oc)
             while self.idle and (task := self._next()):
                 dest = self.idle.popleft()
                 self.comm.send(("task", task), dest)
                 self.progress.on_start(task.key, "queued")
-            if self.sched.finished or (self.stop_requested and not self.sched.running):
+            if self.sched.finished or ((self.stop_requested or self.fatal) and not self._busy()):
                 while self.idle:
                     dest = self.idle.popleft()
                     self.comm.send(("stop", None), dest)
@@ -286,7 +304,10 @@ class Coordinator:
                     break
             # wait for something to happen: our worker's events, or messages
             if self.executor is not None and self.executor.busy:
-                oc = self.executor.poll(0.01 if remote else 1.0)
+                busy_task = self.executor.task
+                oc = self._local(lambda: self.executor.poll(0.01 if remote else 1.0))
+                if oc is None and self.fatal and not self.executor.busy:
+                    self.sched.running.pop(busy_task.key, None)
                 if oc is not None:
                     self._complete(oc)
             else:
@@ -298,14 +319,20 @@ class Coordinator:
 
 def serve(comm: Any, executor: Any) -> None:
     """Ranks other than 0: ask for a task, run it, report, until told to stop."""
+    from dream_hpc.worker import FatalRunError
+
     comm.send(("ready", None), 0)
     while True:
         kind, task = comm.wait(0)
         if kind == "stop":
             return
-        oc = executor.start(task)
-        while oc is None:
-            oc = executor.poll(1.0)
+        try:
+            oc = executor.start(task)
+            while oc is None:
+                oc = executor.poll(1.0)
+        except FatalRunError as e:
+            comm.send(("fatal", (task.key, str(e))), 0)
+            continue
         comm.send(("result", oc), 0)
 
 
@@ -319,9 +346,12 @@ def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix: d}
 
 
-def check_same_config(run: RunDir, cfg: SurveyConfig) -> None:
-    """A resumed run must use the config it started with (else its units would mix two surveys)."""
-    if not run.config.is_file():
+def check_same_config(run: RunDir, cfg: SurveyConfig, anything_done: bool = True) -> None:
+    """A resumed run must use the config it started with (else its units would mix two surveys).
+
+    Until some stage has finished there is nothing to mix, so a corrected config simply replaces it.
+    """
+    if not run.config.is_file() or not anything_done:
         atomic_write_text(run.config, cfg.text)
         return
     recorded = parse_config(run.config.read_text(), run.config)
@@ -352,9 +382,8 @@ def check_inputs(cfg: SurveyConfig) -> None:
         if not path.is_dir():
             raise UserError(f"references.{key}: {what} {path} does not exist (build the reference kit with "
                             "`make kit`, or point the config at one)")
-    from dream_hpc.params import validate_step_overrides
-
-    validate_step_overrides(cfg)
+    # Step overrides are validated by each worker once jwst is imported there (worker.py): importing
+    # jwst here too would delay every rank's first unit by seconds.
 
 
 def plan_units(cfg: SurveyConfig) -> list[WorkUnit]:
@@ -409,7 +438,12 @@ def prepare(config_path: Path, out: Path, mosaic: bool = True) -> Prepared:
 
     cfg = load_config(config_path)
     run = RunDir.create(out)
-    check_same_config(run, cfg)
+    before = read_run(run)
+    anything_done = (any(u.stages or u.done for u in before.units.values())
+                     or any(m.data for m in before.mosaics.values()))
+    check_same_config(run, cfg, anything_done)
+    if not anything_done:
+        run.plan.unlink(missing_ok=True)  # planned from a config that never produced anything
     units = plan_units(cfg)
     if not units:
         raise UserError(f"{config_path}: the plan has no units (check pointings, detectors and filter_pairs)")
@@ -565,11 +599,14 @@ def _coordinate(comm: Any, p: Prepared, hosts: list[str], mosaic: bool, worker: 
         journal.write("mosaic_failed", None, filter=filt, step=None, error=why, blocked=True)
     outcomes = list(sched.outcomes.values())
     n_failed = sum(o.status not in ("done", "skipped") for o in outcomes) + len(sched.blocked)
-    status = "stopped" if coordinator.stop_requested else ("ok" if not n_failed else "failed")
+    status = "error" if coordinator.fatal else "stopped" if coordinator.stop_requested else (
+        "ok" if not n_failed else "failed")
     journal.write("run_end", None, status=status, n_done=sum(o.status == "done" for o in outcomes),
                   n_skipped=sum(o.status == "skipped" for o in outcomes), n_failed=n_failed,
                   n_not_started=sched.pending, blocked=sorted(sched.blocked))
     journal.close()
+    if coordinator.fatal:
+        raise UserError(f"{coordinator.fatal} (no unit can run with this config; fix it and rerun the same command)")
     _report(run, sched, stream or sys.stderr)
     if coordinator.stop_requested:
         print(f"stopped on request ({run.root / STOP_FILE}): {sched.pending} tasks not started; remove the "

@@ -293,7 +293,15 @@ def worker_main(argv: list[str]) -> int:
             break
         if msg["op"] == "init":
             worker = _Worker(events, config_path, msg["run"])
-            worker.install_step_faults()
+            try:  # once per worker, with jwst already imported: a bad override stops the run before compute
+                if not worker.stage_module:
+                    from dream_hpc.params import validate_step_overrides
+
+                    validate_step_overrides(worker.cfg)
+                worker.install_step_faults()
+            except Exception as e:
+                events.send("fatal", error=str(e) or type(e).__name__)
+                return 2
             continue
         assert worker is not None, "init must come first"
         worker.handle(msg)
@@ -301,6 +309,10 @@ def worker_main(argv: list[str]) -> int:
 
 
 # --- the rank side ----------------------------------------------------------------------------
+class FatalRunError(RuntimeError):
+    """A problem no unit can get past (e.g. an invalid step parameter): the run stops with it."""
+
+
 class WorkerProcess:
     """One worker subprocess as seen from its rank: send tasks, read events, kill."""
 
@@ -534,8 +546,9 @@ class Executor:
             return self._task_end()
         elif kind == "ready":  # the worker's imports do not count against the unit's time limit
             self.deadline = max(self.deadline, ev["t"] + task.limit_s)
-        elif kind == "fatal":
-            return self._fail("failed", ev["error"])
+        elif kind == "fatal":  # the configuration cannot work for any unit: stop the run, not just this unit
+            self._fail("failed", ev["error"])
+            raise FatalRunError(ev["error"])
         return None
 
     def _stage_done(self, ev: dict[str, Any]) -> None:
