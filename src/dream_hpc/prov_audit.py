@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dream_hpc.prov_model import JournalFile, build, parse_lines, split_raw
+from dream_hpc.prov_model import JournalFile, build, parse_lines, split_raw, stage_key
 from dream_hpc.provenance import (
     ProvenanceError,
     expected_flat,
@@ -29,6 +29,7 @@ from dream_hpc.provenance import (
     open_h5,
     products,
     resolve,
+    stored_attachments,
     stored_files,
     view_from_flat,
 )
@@ -73,7 +74,7 @@ def check_record(actual: dict[str, Any], stored: list[JournalFile]) -> list[str]
     for f in stored:
         problems += [f"chain broken: provenance.h5 /journal/{f.name.removesuffix('.jsonl')}: line {p.line}: "
                      f"{p.problem}" for p in f.problems]
-    expected = expected_flat(build(stored))
+    expected = expected_flat(build(stored), stored_attachments(actual))
     broken = {f"/journal/{f.name.removesuffix('.jsonl')}" for f in stored if f.problems}
     for key in sorted(set(actual) | set(expected)):
         path, _, attr = key.partition("@")
@@ -276,7 +277,7 @@ def report(result: AuditResult) -> list[str]:
         stages.setdefault("image3", []).append(st["attrs"] | {"mosaic": name})
     lines.append(f"  {'stage':10s} {'runs':>5s} {'done':>5s} {'wall':>10s} {'cpu':>10s} {'peak RSS max':>13s}")
     all_attrs = []
-    for name, attrs in stages.items():
+    for name, attrs in sorted(stages.items(), key=lambda kv: stage_key(kv[0])):
         all_attrs += attrs
         done = sum(1 for a in attrs if a.get("status") == "done")
         lines.append(f"  {name:10s} {len(attrs):5d} {done:5d} {_hours(_sum([a.get('wall_s') for a in attrs])):>10s} "

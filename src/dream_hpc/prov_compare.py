@@ -34,8 +34,12 @@ SCIENCE_EXTENSIONS = {
 # Config keys that name places on one machine; what they point to is compared by its hash instead.
 PATH_KEYS = ("catalog.path", "references.crds_path", "references.mirage_data", "pointings.apt.xml",
              "pointings.apt.pointing")
+# Step/Mirage parameters that say where files go in this run, not how pixels are made.
+IGNORED_PARAM_KEYS = ("output_dir", "input_dir", "directory")
 # Keys of JSON products (associations) that carry software versions or pool names, not science.
 IGNORED_JSON_KEYS = ("code_version", "version_id", "asn_pool", "asn_id")
+# Products that are pictures of other products: not science, and their bytes carry renderer metadata.
+PREVIEW_SUFFIXES = (".png", ".jpg", ".pdf", ".svg")
 MAX_LISTED = 10
 
 
@@ -217,6 +221,19 @@ def _flat_config(text: str) -> dict[str, str]:
     return {k: v for k, v in flatten_params(data) if k not in PATH_KEYS}
 
 
+def comparable_params(table: dict[str, str]) -> dict[str, str]:
+    """Flattened parameters without run-specific places: output/input directories are dropped and an
+    absolute path (a reference file given to Mirage) counts by its file name."""
+    out = {}
+    for name, value in table.items():
+        if name.rsplit(".", 1)[-1] in IGNORED_PARAM_KEYS:
+            continue
+        if value.startswith('"/'):
+            value = json.dumps(Path(json.loads(value)).name)
+        out[name] = value
+    return out
+
+
 def _mapping_diff(a: dict[str, Any], b: dict[str, Any], what: str) -> list[str]:
     out = []
     for key in sorted(set(a) | set(b)):
@@ -282,7 +299,8 @@ def compare_records(va: dict[str, Any], vb: dict[str, Any], cmp: Comparison) -> 
     for key in sorted(set(stages_a) & set(stages_b)):
         sa, sb = stages_a[key], stages_b[key]
         where = f"{key[1]} of {key[0]}"
-        for line in _mapping_diff(sa["params_table"], sb["params_table"], f"{key[1]} "):
+        for line in _mapping_diff(comparable_params(sa["params_table"]), comparable_params(sb["params_table"]),
+                                  f"{key[1]} "):
             params.setdefault(line, []).append(where)
         for line in _mapping_diff(sa["seeds"], sb["seeds"], f"{key[1]} seed "):
             seeds.setdefault(line, []).append(where)
@@ -306,6 +324,8 @@ def compare(a: str | Path, b: str | Path) -> Comparison:
     compare_records(va, vb, cmp)
     pa, pb = products(va), products(vb)
     for rel in sorted(set(pa) | set(pb)):
+        if rel.lower().endswith(PREVIEW_SUFFIXES):
+            continue  # a preview of a product compared below
         if rel not in pb:
             cmp.products.append(ProductDiff(rel, "unavailable", ["recorded by A only (B did not produce it)"]))
         elif rel not in pa:

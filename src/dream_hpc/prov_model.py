@@ -14,7 +14,8 @@ from typing import Any
 
 from dream_hpc.journal import GENESIS, ChainProblem, canonical, record_hash
 
-STAGE_ORDER = ("simulate", "detector1", "image2")
+UNIT_STAGES = ("simulate", "detector1", "image2")
+STAGE_ORDER = (*UNIT_STAGES, "image3")
 
 
 @dataclass
@@ -302,18 +303,19 @@ def _unit_event(unit: UnitRecord, kind: str, time: str, attempt: int, rec: dict[
 
 
 def _unit_status(unit: UnitRecord) -> str:
-    statuses = [unit.stages[s].status for s in sorted(unit.stages, key=_stage_key)]
+    statuses = [unit.stages[s].status for s in sorted(unit.stages, key=stage_key)]
     if any(s in ("failed", "timeout") for s in statuses):
         return next(s for s in statuses if s in ("failed", "timeout"))
     if any(s == "incomplete" for s in statuses):
         return "incomplete"
     if unit.status == "done" or (statuses and all(s == "done" for s in statuses)
-                                 and set(unit.stages) >= set(STAGE_ORDER)):
+                                 and set(unit.stages) >= set(UNIT_STAGES)):
         return "done"
     return "incomplete"
 
 
-def _stage_key(stage: str) -> tuple[int, str]:
+def stage_key(stage: str) -> tuple[int, str]:
+    """Sort key: simulate, detector1, image2, then anything else (image3) by name."""
     return (STAGE_ORDER.index(stage) if stage in STAGE_ORDER else len(STAGE_ORDER), stage)
 
 

@@ -11,6 +11,8 @@ prov_audit and prov_compare; their commands are registered here.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import hashlib
 import json
 import math
 from pathlib import Path
@@ -20,8 +22,8 @@ import numpy as np
 
 from dream_hpc import __version__
 from dream_hpc.journal import journal_files, now_iso
-from dream_hpc.prov_model import STAGE_ORDER, JournalFile, Model, StageRecord, build, parse_lines, split_raw
-from dream_hpc.rundir import RunDir, atomic_path
+from dream_hpc.prov_model import JournalFile, Model, StageRecord, build, parse_lines, split_raw, stage_key
+from dream_hpc.rundir import RunDir, RunDirError, atomic_path
 
 SCHEMA = "dream-hpc-provenance"
 SCHEMA_VERSION = 1
@@ -160,14 +162,39 @@ _STAGE_ATTRS = ("status", "attempt", "rank", "host", "start", "end", "wall_s", "
                 "error", "record_hash")
 
 
-def _stage(t: Tree, path: str, st: StageRecord) -> None:
+def association_text(st: StageRecord, attachments: dict[str, str]) -> tuple[str, str]:
+    """(association JSON text, its path) for a mosaic; the file's own text when the record names a file.
+
+    The engine journals the association as a path whose sha256 is among the mosaic's inputs; its
+    text is kept only if it hashes to that recorded value, so it is as tamper-evident as the record.
+    """
+    if isinstance(st.asn, str) and st.asn:
+        recorded = st.inputs.get(st.asn) or st.outputs.get(st.asn)
+        text = attachments.get(st.asn)
+        if recorded and text is not None and hashlib.sha256(text.encode()).hexdigest() == recorded:
+            return text, st.asn
+        return json.dumps(st.asn), st.asn
+    return json.dumps(st.asn, sort_keys=True), ""
+
+
+def read_attachments(run: RunDir, model: Model) -> dict[str, str]:
+    """Texts of the files the records name as associations (read at consolidation)."""
+    out = {}
+    for st in model.mosaics.values():
+        if isinstance(st.asn, str) and st.asn:
+            with contextlib.suppress(OSError, UnicodeDecodeError, RunDirError):
+                out[st.asn] = run.inside(st.asn).read_bytes().decode()
+    return out
+
+
+def _stage(t: Tree, path: str, st: StageRecord, attachments: dict[str, str] | None = None) -> None:
     # JSON texts are attributes: thousands of units means tens of thousands of objects, and an
     # HDF5 dataset costs several times what an attribute does to create and to store.
     attrs = {k: getattr(st, k) for k in _STAGE_ATTRS}
     attrs["params"] = json.dumps(st.params, sort_keys=True, default=str)
     attrs["extra"] = json.dumps(st.extra, sort_keys=True, default=str)
     if st.asn is not None:
-        attrs["asn"] = st.asn if isinstance(st.asn, str) else json.dumps(st.asn, sort_keys=True)
+        attrs["asn"], attrs["asn_path"] = association_text(st, attachments or {})
     t.group(path, **attrs)
     t.dataset(f"{path}/inputs", _pairs(st.inputs, "path", "sha256"))
     t.dataset(f"{path}/outputs", _pairs(st.outputs, "path", "sha256"))
@@ -181,7 +208,7 @@ def _stage(t: Tree, path: str, st: StageRecord) -> None:
     t.dataset(f"{path}/step_times", table(times, [("step", "str"), ("wall_s", "float")]), units="s")
 
 
-def tree(model: Model) -> Tree:
+def tree(model: Model, attachments: dict[str, str] | None = None) -> Tree:
     """Everything provenance.h5 holds, derived from the journal model alone."""
     t = Tree()
     t.group("/", schema=SCHEMA, schema_version=SCHEMA_VERSION, journal_digest=model.digest)
@@ -204,7 +231,7 @@ def tree(model: Model) -> Tree:
         _info_datasets(t, path, att.info)
     t.group("/units", n_units=len(model.units), **{f"n_{k}": v for k, v in counts.items()})
     for uid, unit in model.units.items():
-        order = sorted(unit.stages, key=lambda s: (STAGE_ORDER.index(s) if s in STAGE_ORDER else 9, s))
+        order = sorted(unit.stages, key=stage_key)
         t.group(f"/units/{uid}", status=unit.status, end=unit.end, wall_s=unit.wall_s,
                 peak_rss_mb=unit.peak_rss_mb, stages=order)
         t.dataset(f"/units/{uid}/outputs", _pairs(unit.outputs, "path", "sha256"))
@@ -215,7 +242,7 @@ def tree(model: Model) -> Tree:
             _stage(t, f"/units/{uid}/{name}", unit.stages[name])
     t.group("/mosaic", n_mosaics=len(model.mosaics))
     for name, st in model.mosaics.items():
-        _stage(t, f"/mosaic/{name}", st)
+        _stage(t, f"/mosaic/{name}", st, attachments)
     t.group("/journal", digest=model.digest, n_files=len(model.files))
     for f in model.files:
         path = t.group(f"/journal/{f.name.removesuffix('.jsonl')}", file=f.name, attempt=f.attempt,
@@ -274,7 +301,7 @@ def consolidate(run: RunDir | str | Path) -> Path:
     files += _kept_files(run.provenance, {f.name for f in files})
     model = build(files)
     with atomic_path(run.provenance) as tmp, h5py.File(tmp, "w") as h5:
-        tree(model).write(h5)
+        tree(model, read_attachments(run, model)).write(h5)
         h5.attrs["created"] = now_iso()
         h5.attrs["created_by"] = f"dream-hpc {__version__}"
     return run.provenance
@@ -344,9 +371,15 @@ def flatten(h5: Any) -> dict[str, Any]:
     return out
 
 
-def expected_flat(model: Model) -> dict[str, Any]:
+def expected_flat(model: Model, attachments: dict[str, str] | None = None) -> dict[str, Any]:
     """What `flatten` should give for the file consolidation writes from `model`."""
-    return tree(model).flat()
+    return tree(model, attachments).flat()
+
+
+def stored_attachments(flat: dict[str, Any]) -> dict[str, str]:
+    """Association texts as stored (tree() keeps each only if it still hashes to the record)."""
+    return {str(flat[k]): str(flat.get(k.removesuffix("_path"), "")) for k in flat
+            if k.startswith("/mosaic/") and k.endswith("@asn_path") and flat[k]}
 
 
 def stored_files(flat: dict[str, Any]) -> list[JournalFile]:
@@ -365,7 +398,8 @@ def _stage_view(attrs: dict[str, Any], data: dict[str, Any], path: str) -> dict[
         return data.get(f"{path}/{name}") or []
 
     return {
-        "attrs": {k: v for k, v in attrs.items() if k not in ("params", "extra", "asn")},
+        "attrs": {k: v for k, v in attrs.items() if k not in ("params", "extra", "asn", "asn_path")},
+        "asn_path": attrs.get("asn_path", ""),
         "params": json.loads(attrs.get("params") or "{}"),
         "extra": json.loads(attrs.get("extra") or "{}"),
         "asn": json.loads(attrs["asn"]) if attrs.get("asn") else None,
