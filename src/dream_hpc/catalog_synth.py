@@ -14,6 +14,7 @@ formation model.
 from __future__ import annotations
 
 import hashlib
+import os
 from pathlib import Path
 from typing import Any
 
@@ -184,4 +185,7 @@ def write_table(table: Any, path: str | Path, cfg: SurveyConfig) -> Path:
             table.write(tmp, format="hdf5", path=cfg.catalog.hdf5_dataset, overwrite=True, serialize_meta=True)
         else:
             table.write(tmp, format="ascii.ecsv", overwrite=True)
+        umask = os.umask(0)
+        os.umask(umask)
+        tmp.chmod(0o666 & ~umask)  # a shared input: readable by the group, unlike mkstemp's 0600
     return path

@@ -1,18 +1,18 @@
 """Cost model: CPU seconds and peak memory per unit and stage, and per Image3 mosaic.
 
-Linear in what each stage touches, calibrated on the measurements in
-/work/shared/notes/offline-references.md (2 cores, jwst 3.0.0, Mirage 2.5.0, synthetic references):
-- simulate (Mirage): SUB160 RAPID x5 ~1.5 s / 0.4 GB, SUB400P BRIGHT2 x3 ~3 s / 0.8 GB, plus ~3 s of
-  imports. Mirage draws every frame of the ramp (nframes + groupgap per group), so CPU scales with
-  pixels x frames; memory with pixels (float64 seed, maps and cropped references), the float64
-  group ramp (several copies) and the raw dark frames dark_prep reads.
+Linear in what each stage touches. Simulate was measured here (Mirage 2.5.0 through
+`dream_hpc.simulate`, kit darks of 40 frames, CPU seconds excluding imports, peak RSS of the process):
+  SUB400P MEDIUM8 x4: 4.4-5.5 s, 1.97 GB;  SUB400P MEDIUM8 x2: 5.0 s, 1.97 GB;
+  FULL MEDIUM8 x2 (LW, 2278 galaxies): 28.9 s, 3.0 GB;  FULL MEDIUM8 x4 (SW, 468 galaxies): 29.6 s, 4.2 GB.
+Mirage's CPU grows with pixels x groups and with the number of galaxies (Sersic stamps), hardly with
+frames; its memory is the imports plus the FULL-frame float64 linearized dark it reads whatever the
+subarray (8 bytes x 2048^2 per dark frame) plus ~17 float64 copies of the group ramp.
+The other stages come from /work/shared/notes/offline-references.md (2 cores, jwst 3.0.0):
 - detector1 on NRCB1 FULL, MEDIUM8 x9 with a readout-matched dark: 16-19 s wall (user+sys ~19 s),
   2.5 GiB peak set by jump (~16x the ramp); a 130-frame dark doubled the peak (5.2 GiB).
 - image2 on FULL: 8-10 s (user+sys ~10 s), 1.09 GiB.
 - image3: ~7 s + ~10 s and ~135 MiB per full-frame input (2 inputs 27 s / 1.32 GiB, 4 inputs
   47 s / 1.6 GiB); resample also holds the output mosaic (~20 bytes per output pixel).
-The Mirage terms are the least certain (two small-subarray points): treat full-frame simulate
-estimates as order-of-magnitude until measured (`dream-hpc status` reports real times).
 """
 
 from __future__ import annotations
@@ -27,9 +27,10 @@ GiB = 1024.0  # MB per GiB
 FULL_PIXELS = 2048 * 2048
 
 # (cpu seconds, MB) = fixed + per-item; items are named beside each constant
-SIM_FIXED_S, SIM_PER_PIXFRAME_S = 4.3, 2.0e-6  # pixel-frames = pixels x frames simulated
-SIM_FIXED_MB, SIM_PER_PIX_MB = 350.0, 2.5e-3  # ~2.5 kB per pixel (fits the two measured points)
-SIM_PER_PIXGROUP_MB, SIM_PER_PIXFRAME_MB = 6.4e-5, 4.0e-6  # 8 float64 ramp copies; raw dark frames
+SIM_FIXED_S, SIM_PER_PIXGROUP_S = 3.0, 1.5e-6  # pixel-groups = pixels x ngroups x nints
+SIM_PER_GALAXY_S, GALAXIES_PER_ARCMIN2 = 0.006, 350.0  # Sersic stamps; DREaM-like density to AB ~28.5
+SIM_FIXED_MB, SIM_PER_DARKFRAME_MB = 550.0, 33.5  # imports + one FULL float64 dark frame per frame read
+SIM_PER_PIXGROUP_MB = 1.4e-4  # ~17 float64 copies of the group ramp
 DET1_FIXED_S, DET1_PER_PIXGROUP_S = 4.0, 3.9e-7  # pixel-groups = pixels x ngroups x nints
 DET1_FIXED_MB, DET1_PER_PIXGROUP_MB = 260.0, 6.8e-5  # jump: ~17x the float32 ramp
 IMG2_FIXED_S, IMG2_PER_PIX_S = 3.5, 1.55e-6
@@ -61,12 +62,13 @@ def unit_pixels(unit: WorkUnit) -> int:
 def unit_costs(unit: WorkUnit, pixels: int | None = None) -> dict[str, StageCost]:
     """Estimated CPU seconds and peak MB of simulate, detector1 and image2 for one unit."""
     npix = pixels if pixels is not None else unit_pixels(unit)
-    pixframes = npix * frames_simulated(unit.readpatt, unit.ngroups, unit.nints)
     pixgroups = npix * unit.ngroups * unit.nints
+    area_arcmin2 = npix * PIXEL_SCALE[unit.channel] ** 2 / 3600.0
+    dark_frames = frames_simulated(unit.readpatt, unit.ngroups, 1)  # the kit's dark holds at least these
     return {
-        "simulate": StageCost(SIM_FIXED_S + SIM_PER_PIXFRAME_S * pixframes,
-                              SIM_FIXED_MB + SIM_PER_PIX_MB * npix + SIM_PER_PIXGROUP_MB * pixgroups
-                              + SIM_PER_PIXFRAME_MB * pixframes),
+        "simulate": StageCost(SIM_FIXED_S + SIM_PER_PIXGROUP_S * pixgroups
+                              + SIM_PER_GALAXY_S * GALAXIES_PER_ARCMIN2 * area_arcmin2,
+                              SIM_FIXED_MB + SIM_PER_DARKFRAME_MB * dark_frames + SIM_PER_PIXGROUP_MB * pixgroups),
         "detector1": StageCost(DET1_FIXED_S + DET1_PER_PIXGROUP_S * pixgroups,
                                DET1_FIXED_MB + DET1_PER_PIXGROUP_MB * pixgroups),
         "image2": StageCost(IMG2_FIXED_S + IMG2_PER_PIX_S * npix, IMG2_FIXED_MB + IMG2_PER_PIX_MB * npix),
