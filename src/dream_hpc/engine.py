@@ -16,6 +16,7 @@ import contextlib
 import heapq
 import logging
 import os
+import shutil
 import signal
 import socket
 import sys
@@ -451,7 +452,10 @@ def prepare(config_path: Path, out: Path, mosaic: bool = True) -> Prepared:
     tails = mosaic_tails(units) if mosaic else {}
     # Leftovers of writes cut short by a kill never count; we hold the lock, so nobody is writing them.
     for stale in [*run.exposures.glob(".tmp-*"), *run.mosaic.glob(".tmp-*")]:
-        stale.unlink(missing_ok=True)
+        if stale.is_dir() and not stale.is_symlink():
+            shutil.rmtree(stale, ignore_errors=True)  # a stage's scratch directory (Mirage, Image3)
+        else:
+            stale.unlink(missing_ok=True)
     view = read_run(run)
     tasks = []
     for u in units:
