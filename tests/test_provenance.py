@@ -267,6 +267,14 @@ def test_stale_record_is_reported(run, capsys) -> None:
     assert rc == 1 and "stale: journal/" in err and "dream-hpc provenance" in err
 
 
+def test_audit_of_a_run_never_consolidated_builds_the_record(tmp_path: Path, capsys) -> None:
+    run = make_run(tmp_path / "run")
+    assert not run.provenance.exists()
+    rc, out, err = _audit_cli(run.root, capsys)
+    assert rc == 0 and "built from the journal" in err and "audit: OK" in out
+    assert run.provenance.is_file()
+
+
 def test_audit_of_not_a_provenance_file_is_one_line(tmp_path: Path, capsys) -> None:
     bad = tmp_path / "x.h5"
     bad.write_bytes(b"not hdf5")

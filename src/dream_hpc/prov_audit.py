@@ -23,7 +23,9 @@ from typing import Any
 
 from dream_hpc.prov_model import JournalFile, build, parse_lines, split_raw, stage_key
 from dream_hpc.provenance import (
+    FILENAME,
     ProvenanceError,
+    consolidate,
     expected_flat,
     flatten,
     open_h5,
@@ -324,6 +326,10 @@ def run_audit(args: argparse.Namespace) -> int:
             print(f"verifying products: {i}/{n}", file=sys.stderr, flush=True)
 
     try:
+        run_dir = Path(args.path)
+        if run_dir.is_dir() and not (run_dir / FILENAME).is_file() and (run_dir / "journal").is_dir():
+            # a run nobody consolidated yet (e.g. `dream-hpc run` still going, or killed): build it now
+            print(f"{consolidate(run_dir)}: built from the journal", file=sys.stderr)
         result = audit(args.path, verify_products=not args.skip_products, progress=progress)
     except ProvenanceError as e:
         raise UserError(str(e)) from None

@@ -318,12 +318,22 @@ def compare_records(va: dict[str, Any], vb: dict[str, Any], cmp: Comparison) -> 
             cmp.units.append(f"{uid}: {sa} (A) vs {sb} (B)")
 
 
+def _progress(i: int, n: int, last: list[float]) -> None:
+    import time
+
+    if n >= 20 and (time.monotonic() - last[0] > 2 or i == n):
+        last[0] = time.monotonic()
+        print(f"comparing products: {i}/{n}", file=sys.stderr, flush=True)
+
+
 def compare(a: str | Path, b: str | Path) -> Comparison:
     va, vb = load(a), load(b)
     cmp = Comparison(str(va["path"]), str(vb["path"]))
     compare_records(va, vb, cmp)
     pa, pb = products(va), products(vb)
-    for rel in sorted(set(pa) | set(pb)):
+    names, last = sorted(set(pa) | set(pb)), [0.0]
+    for i, rel in enumerate(names, 1):
+        _progress(i, len(names), last)
         if rel.lower().endswith(PREVIEW_SUFFIXES):
             continue  # a preview of a product compared below
         if rel not in pb:
