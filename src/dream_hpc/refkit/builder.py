@@ -37,6 +37,7 @@ class KitPlan:
     detectors: tuple[nircam.Detector, ...]
     filters: dict[str, tuple[str, ...]]  # detector name -> its filters
     readpatts: dict[str, tuple[int, int]]  # name -> (nframes, groupgap)
+    subarrays: dict[str, tuple[nircam.Subarray, ...]]  # detector name -> its subarrays (darks)
     ngroups_max: int
     seed: int
 
@@ -48,11 +49,13 @@ class KitPlan:
     def parameters(self) -> dict:
         return {"detectors": [d.name for d in self.detectors],
                 "filters": sorted({f for fs in self.filters.values() for f in fs}),
-                "readpatts": sorted(self.readpatts), "ngroups_max": self.ngroups_max, "seed": self.seed}
+                "readpatts": sorted(self.readpatts),
+                "subarrays": sorted({s.name for ss in self.subarrays.values() for s in ss}),
+                "ngroups_max": self.ngroups_max, "seed": self.seed}
 
 
 def plan_kit(detectors: Sequence[str], filters: Sequence[str], readpatts: Sequence[str], ngroups_max: int,
-             seed: int) -> KitPlan:
+             seed: int, subarrays: Sequence[str] | None = None) -> KitPlan:
     """Check the request before any work; every problem is one line naming the fix."""
     try:
         dets = tuple(dict.fromkeys(nircam.detector(d) for d in detectors))
@@ -60,6 +63,8 @@ def plan_kit(detectors: Sequence[str], filters: Sequence[str], readpatts: Sequen
         wanted = list(dict.fromkeys(f.strip().upper() for f in filters))
         if not dets or not wanted or not readpatt:
             raise KitError("give at least one detector, one filter and one read pattern")
+        for f in wanted:  # unknown or pupil-wheel filters first: that is the clearest message
+            nircam.check_filter(nircam.detector("NRCB5" if f in nircam.LW_FILTERS else "NRCB1"), f)
         per_det: dict[str, tuple[str, ...]] = {}
         for det in dets:
             mine = [f for f in wanted if (f in nircam.SW_FILTERS) == det.short_wave]
@@ -70,18 +75,29 @@ def plan_kit(detectors: Sequence[str], filters: Sequence[str], readpatts: Sequen
             per_det[det.name] = tuple(nircam.check_filter(det, f) for f in mine)
         for f in wanted:
             if not any(f in fs for fs in per_det.values()):
-                if f in nircam.SW_FILTERS + nircam.LW_FILTERS:
-                    wave = "short" if f in nircam.SW_FILTERS else "long"
-                    raise KitError(f"filter {f} is a {wave}-wave filter but none of --detectors "
-                                   f"{' '.join(d.name for d in dets)} is a {wave}-wave detector")
-                nircam.check_filter(dets[0], f)  # raises: unknown filter
+                wave = "short" if f in nircam.SW_FILTERS else "long"
+                raise KitError(f"filter {f} is a {wave}-wave filter but none of --detectors "
+                               f"{' '.join(d.name for d in dets)} is a {wave}-wave detector")
+        per_det_sub = {det.name: _subarrays(det, subarrays) for det in dets}
     except nircam.InstrumentError as e:
         raise KitError(str(e)) from None
     if not 1 <= ngroups_max <= 200:
         raise KitError(f"--ngroups-max {ngroups_max}: give 1 to 200 groups")
     if not 0 <= seed < 2**32:
         raise KitError(f"--seed {seed}: give an integer from 0 to 2**32 - 1")
-    return KitPlan(detectors=dets, filters=per_det, readpatts=readpatt, ngroups_max=ngroups_max, seed=seed)
+    return KitPlan(detectors=dets, filters=per_det, readpatts=readpatt, subarrays=per_det_sub,
+                   ngroups_max=ngroups_max, seed=seed)
+
+
+def _subarrays(det: nircam.Detector, names: Sequence[str] | None) -> tuple[nircam.Subarray, ...]:
+    """The detector's subarrays: the ones asked for (each must exist), or every one it has."""
+    if names is None:
+        found = []
+        for name in nircam.SUBARRAYS:
+            with contextlib.suppress(nircam.InstrumentError):
+                found.append(nircam.subarray(det, name))
+        return tuple(found)
+    return tuple(nircam.subarray(det, n) for n in dict.fromkeys(n.upper() for n in names))
 
 
 @contextlib.contextmanager
@@ -117,9 +133,13 @@ def _versions() -> dict[str, str]:
 
 def build(out: str | Path, detectors: Sequence[str] = DEFAULT_DETECTORS, filters: Sequence[str] = DEFAULT_FILTERS,
           readpatts: Sequence[str] = DEFAULT_READPATTS, ngroups_max: int = DEFAULT_NGROUPS_MAX,
-          seed: int = DEFAULT_SEED, progress: Callable[[str], None] | None = None) -> Path:
-    """Build the kit into `out`; returns the manifest path. See dream_hpc.refkit for the layout."""
-    plan = plan_kit(detectors, filters, readpatts, ngroups_max, seed)
+          seed: int = DEFAULT_SEED, subarrays: Sequence[str] | None = None,
+          progress: Callable[[str], None] | None = None) -> Path:
+    """Build the kit into `out`; returns the manifest path. See dream_hpc.refkit for the layout.
+
+    `subarrays` (default: every subarray each detector has) selects the dark references: jwst needs
+    one per subarray."""
+    plan = plan_kit(detectors, filters, readpatts, ngroups_max, seed, subarrays)
     out = Path(out).resolve()
     _destination(out)
     say = progress or (lambda _msg: None)
@@ -183,7 +203,7 @@ def _write_kit(root: Path, plan: KitPlan, say: Callable[[str], None]) -> None:
 
     writer = crds_refs.Writer(refdir)
     checks: dict[str, dict] = {}
-    with crds_refs.fixed_save_date():
+    with crds_refs.reproducible_writes():
         for det in plan.detectors:
             t1 = time.perf_counter()
             geom = distortion.geometry(det)
@@ -195,7 +215,7 @@ def _write_kit(root: Path, plan: KitPlan, say: Callable[[str], None]) -> None:
             model = make_detector(det, plan.seed, geom.relative_area)
             filters = plan.filters[det.name]
             crds_refs.write_detector_refs(writer, model, geom, {f: nircam.zeropoint(det, f) for f in filters},
-                                          plan.readpatts, plan.ngroups_max)
+                                          plan.readpatts, plan.ngroups_max, list(plan.subarrays[det.name]))
             for filt in filters:
                 role(mirage_data.write_psf(mirage_root, det, filt, psfs[filt]),
                      f"mirage gridded PSF library {det.name} {filt}/CLEAR")

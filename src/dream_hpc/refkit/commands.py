@@ -28,6 +28,9 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                         f"detectors (default: {' '.join(DEFAULT_FILTERS)})")
     b.add_argument("--readpatt", nargs="+", default=list(DEFAULT_READPATTS), metavar="PATTERN", dest="readpatts",
                    help=f"read patterns to carry darks for (default: {' '.join(DEFAULT_READPATTS)})")
+    b.add_argument("--subarrays", nargs="+", default=None, metavar="SUBARRAY",
+                   help="subarrays to carry darks for (jwst needs one per subarray; default: every subarray "
+                        "each detector has)")
     b.add_argument("--ngroups-max", type=int, default=DEFAULT_NGROUPS_MAX, metavar="N",
                    help=f"longest exposure (groups) the darks cover (default: {DEFAULT_NGROUPS_MAX})")
     b.add_argument("--seed", type=int, default=DEFAULT_SEED, help=f"random seed (default: {DEFAULT_SEED})")
@@ -42,6 +45,6 @@ def _build(args: argparse.Namespace) -> int:
         print(f"[refkit] {msg}", flush=True)
 
     manifest = build(args.out, detectors=args.detectors, filters=args.filters, readpatts=args.readpatts,
-                     ngroups_max=args.ngroups_max, seed=args.seed, progress=say)
+                     ngroups_max=args.ngroups_max, seed=args.seed, subarrays=args.subarrays, progress=say)
     print(manifest, file=sys.stdout)
     return 0

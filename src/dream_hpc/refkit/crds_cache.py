@@ -20,7 +20,7 @@ IMAP = f"jwst_nircam_{SERIAL}.imap"
 DETECTOR_KEY = "META.INSTRUMENT.DETECTOR"
 # Match parkeys per reference type (anything not listed selects on the detector only).
 PARKEYS: dict[str, tuple[str, ...]] = {
-    "dark": (DETECTOR_KEY, "META.EXPOSURE.READPATT"),
+    "dark": (DETECTOR_KEY, "META.EXPOSURE.READPATT", "META.SUBARRAY.NAME"),
     "flat": (DETECTOR_KEY, "META.INSTRUMENT.FILTER", "META.INSTRUMENT.PUPIL"),
     # one table with a row per filter; an Image3 mosaic may have DETECTOR=MULTIPLE
     "apcorr": ("META.EXPOSURE.TYPE",),

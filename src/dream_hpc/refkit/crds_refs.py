@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from dream_hpc.refkit.detector import DetectorModel, dq_flags
-from dream_hpc.refkit.nircam import FULL, Detector, Zeropoint
+from dream_hpc.refkit.nircam import FULL, Detector, Subarray, Zeropoint
 from dream_hpc.refkit.photometry import PHOTOM_UNCERTAINTY, abvega_offset, photmjsr
 
 USEAFTER = "2014-01-01T00:00:00"  # before any JWST data: one file per selection, valid for all dates
@@ -38,8 +38,11 @@ class RefFile:
 
 
 @contextlib.contextmanager
-def fixed_save_date() -> Iterator[None]:
-    """Make stdatamodels stamp FIXED_DATE instead of now() into files saved in this block."""
+def reproducible_writes() -> Iterator[None]:
+    """Same inputs, same bytes: within this block stdatamodels stamps FIXED_DATE instead of now(),
+    and asdf lists the extensions it used in sorted order (it walks a set, whose order changes
+    from process to process with Python's string hashing)."""
+    from asdf._asdf import AsdfFile
     from astropy.time import Time
     from stdatamodels.jwst.datamodels import model_base
 
@@ -48,12 +51,22 @@ def fixed_save_date() -> Iterator[None]:
         def now(cls):  # type: ignore[override]
             return Time(FIXED_DATE, format="isot", scale="utc")
 
-    original = model_base.Time
+    update_history = AsdfFile._update_extension_history
+
+    def sorted_history(self, tree, serialization_context):  # type: ignore[no-untyped-def]
+        update_history(self, tree, serialization_context)
+        extensions = tree.get("history", {}).get("extensions") if isinstance(tree.get("history"), dict) else None
+        if extensions:
+            extensions.sort(key=lambda e: (str(e.get("extension_uri")), str(e.get("extension_class"))))
+
+    original_time = model_base.Time
     model_base.Time = _FixedTime
+    AsdfFile._update_extension_history = sorted_history
     try:
         yield
     finally:
-        model_base.Time = original
+        model_base.Time = original_time
+        AsdfFile._update_extension_history = update_history
 
 
 class Writer:
@@ -102,15 +115,6 @@ def _meta(model, reftype: str, det: Detector | None, description: str, subarray:
         m.subarray.fastaxis, m.subarray.slowaxis = det.fastaxis, det.slowaxis
 
 
-def _bare(cls, **arrays):
-    """A model holding only the given arrays. Constructing with data= would also add all-zero DQ/ERR
-    arrays (tens of MB per file); jwst creates those same defaults itself when it opens the file."""
-    model = cls()
-    for name, value in arrays.items():
-        setattr(model, name, value)
-    return model
-
-
 def _has(meta, name: str) -> bool:
     """Whether the model's schema has this metadata group (PixelAreaModel has no subarray, ...)."""
     try:
@@ -127,13 +131,14 @@ def _dq_def(flag_names: list[str]) -> np.ndarray:
 
 
 def write_detector_refs(w: Writer, model: DetectorModel, geometry, zeropoints: dict[str, Zeropoint],
-                        readpatts: dict[str, tuple[int, int]], ngroups_max: int) -> None:
+                        readpatts: dict[str, tuple[int, int]], ngroups_max: int, subarrays: list[Subarray]) -> None:
     """All per-detector references: Detector1's, distortion, area, photom and one flat per filter."""
     from stdatamodels.jwst import datamodels as dm
 
     det = model.det
     d = det.dms
     tag = f"synthetic {det.name}, dream-hpc refkit seed {model.seed}"
+    physics = f"{det.name}, dream-hpc refkit"  # for files the seed does not touch
 
     mask = dm.MaskModel(dq=model.dq,
                         dq_def=_dq_def(["DO_NOT_USE", "DEAD", "HOT", "WARM", "LOW_QE", "REFERENCE_PIXEL"]))
@@ -150,27 +155,35 @@ def write_detector_refs(w: Writer, model: DetectorModel, geometry, zeropoints: d
     rn.meta.bunit_data = "DN"
     w.save(rn, "readnoise", (d,), detector=det.name)
 
-    sb = _bare(dm.SuperBiasModel, data=model.superbias)
+    sb = dm.SuperBiasModel(data=model.superbias)
     _meta(sb, "superbias", det, f"superbias DN ({tag})")
     w.save(sb, "superbias", (d,), detector=det.name)
 
-    sat = _bare(dm.SaturationModel, data=model.saturation)
+    sat = dm.SaturationModel(data=model.saturation)
     _meta(sat, "saturation", det, f"saturation, raw DN including bias ({tag})")
     w.save(sat, "saturation", (d,), detector=det.name)
 
-    lin = _bare(dm.LinearityModel, coeffs=model.lin_coeffs)
+    # dq given: the schema default would be a (4, ny, nx) cube that the linearity step rejects
+    lin = dm.LinearityModel(coeffs=model.lin_coeffs, dq=np.zeros((FULL, FULL), np.uint32))
     _meta(lin, "linearity", det, f"linearity correction raw->linear, bias removed ({tag})")
     w.save(lin, "linearity", (d,), detector=det.name)
 
+    # jwst's dark step (unlike the others) does not cut a subarray out of a FULL reference:
+    # one dark per read pattern and subarray, cut from the same FULL-frame model.
     for readpatt, (nframes, groupgap) in sorted(readpatts.items()):
-        dark = _bare(dm.DarkModel, data=model.mean_dark_groups(nframes, groupgap, ngroups_max))
-        _meta(dark, "dark", det, f"dark DN per group, {readpatt} x{ngroups_max} ({tag})")
-        e = dark.meta.exposure
-        e.readpatt, e.nframes, e.groupgap, e.ngroups, e.nints = readpatt, nframes, groupgap, ngroups_max, 1
-        w.save(dark, "dark", (d, readpatt), detector=det.name, readpatt=readpatt)
+        full = model.mean_dark_groups(nframes, groupgap, ngroups_max)
+        for sub in subarrays:
+            dark = dm.DarkModel(data=np.ascontiguousarray(sub.crop(full)))
+            _meta(dark, "dark", det, f"dark DN per group, {readpatt} x{ngroups_max}, {sub.name} ({tag})")
+            s = dark.meta.subarray
+            s.name, s.xstart, s.ystart, s.xsize, s.ysize = sub.name, sub.xstart, sub.ystart, sub.xsize, sub.ysize
+            e = dark.meta.exposure
+            e.readpatt, e.nframes, e.groupgap, e.ngroups, e.nints = readpatt, nframes, groupgap, ngroups_max, 1
+            w.save(dark, "dark", (d, readpatt, sub.name), detector=det.name, readpatt=readpatt, subarray=sub.name)
+        del full
 
     dist = dm.DistortionModel(model=geometry.model, input_units="pixel", output_units="arcsec")
-    _meta(dist, "distortion", det, f"pysiaf {geometry.aperture} Sci2Idl/Idl2Sci -> V2/V3 ({tag})",
+    _meta(dist, "distortion", det, f"pysiaf {geometry.aperture} Sci2Idl/Idl2Sci -> V2/V3 ({physics})",
           subarray=False)
     dist.meta.subarray.name = "FULL"
     dist.meta.instrument.filter = "N/A"
@@ -179,7 +192,7 @@ def write_detector_refs(w: Writer, model: DetectorModel, geometry, zeropoints: d
     w.save(dist, "distortion", (d,), ext="asdf", detector=det.name)
 
     area = dm.PixelAreaModel(data=geometry.relative_area)
-    _meta(area, "area", det, f"pixel area / nominal, from the distortion ({tag})")
+    _meta(area, "area", det, f"pixel area / nominal, from the distortion ({physics})")
     area.meta.photometry.pixelarea_steradians = geometry.nominal_area_sr
     area.meta.photometry.pixelarea_arcsecsq = geometry.nominal_area_arcsec2
     w.save(area, "area", (d,), detector=det.name)
@@ -189,13 +202,13 @@ def write_detector_refs(w: Writer, model: DetectorModel, geometry, zeropoints: d
             for f, zp in sorted(zeropoints.items())]
     phot.phot_table = np.array(rows, dtype=[("filter", "S12"), ("pupil", "S15"), ("photmjsr", "<f4"),
                                             ("uncertainty", "<f4")])
-    _meta(phot, "photom", det, f"MJy/sr per DN/s from Mirage's zeropoints ({tag})", subarray=False)
+    _meta(phot, "photom", det, f"MJy/sr per DN/s from Mirage's zeropoints ({physics})", subarray=False)
     phot.meta.photometry.pixelarea_steradians = geometry.nominal_area_sr
     phot.meta.photometry.pixelarea_arcsecsq = geometry.nominal_area_arcsec2
     w.save(phot, "photom", (d,), detector=det.name, filters=",".join(sorted(zeropoints)))
 
     for filt in sorted(zeropoints):
-        flat = _bare(dm.FlatModel, data=model.crds_flat(filt))
+        flat = dm.FlatModel(data=model.crds_flat(filt))
         _meta(flat, "flat", det, f"flat = QE x relative pixel area, {filt} ({tag})")
         flat.meta.instrument.filter = filt
         flat.meta.instrument.pupil = "CLEAR"

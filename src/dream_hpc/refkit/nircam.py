@@ -12,7 +12,7 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from dream_hpc.config import LW_DETECTORS, LW_FILTERS, READ_PATTERNS, SW_DETECTORS, SW_FILTERS
+from dream_hpc.config import LW_DETECTORS, LW_FILTERS, READ_PATTERNS, SUBARRAYS, SW_DETECTORS, SW_FILTERS
 
 FULL = 2048  # detector size in pixels (FULL frame)
 REF_BORDER = 4  # reference pixels along every edge
@@ -97,6 +97,39 @@ def frames_needed(readpatt: str, ngroups: int) -> int:
     """RAPID frames Mirage averages/skips to make `ngroups` groups of `readpatt`."""
     nframes, groupgap = read_pattern(readpatt)
     return ngroups * (nframes + groupgap)
+
+
+@dataclass(frozen=True)
+class Subarray:
+    """A readout region in FULL-frame science coordinates, as jwst's SUBSTRT/SUBSIZE keywords."""
+
+    name: str
+    xstart: int  # 1-based
+    ystart: int
+    xsize: int
+    ysize: int
+
+    def crop(self, array):  # (..., 2048, 2048) -> (..., ysize, xsize)
+        return array[..., self.ystart - 1:self.ystart - 1 + self.ysize, self.xstart - 1:self.xstart - 1 + self.xsize]
+
+
+def subarray(det: Detector, name: str) -> Subarray:
+    """Where subarray `name` of `det` sits, from the SIAF (the corners Mirage itself crops with)."""
+    import math
+
+    key = name.strip().upper()
+    if key not in SUBARRAYS:
+        raise InstrumentError(f"unknown subarray {name!r} (choose from {', '.join(SUBARRAYS)})")
+    if key == "FULL":
+        return Subarray("FULL", 1, 1, FULL, FULL)
+    s = siaf()
+    aperture = f"{det.name}_{key}"
+    if aperture not in s.apernames:
+        raise InstrumentError(f"{det.name} has no {key} subarray (no SIAF aperture {aperture})")
+    ap = s[aperture]
+    x_det, y_det = ap.corners("det", rederive=True)
+    x_sci, y_sci = s[f"{det.name}_FULL"].det_to_sci(x_det, y_det)
+    return Subarray(key, math.ceil(min(x_sci)), math.ceil(min(y_sci)), int(ap.XSciSize), int(ap.YSciSize))
 
 
 def siaf():  # -> pysiaf.Siaf
