@@ -270,6 +270,9 @@ def _grouped(diffs: dict[str, list[str]]) -> list[str]:
 def compare_records(va: dict[str, Any], vb: dict[str, Any], cmp: Comparison) -> None:
     ra, rb = va["run"], vb["run"]
     cmp.software = _mapping_diff(va["packages"], vb["packages"], "")
+    ca, cb = ra.get("dream_hpc_git_commit"), rb.get("dream_hpc_git_commit")
+    if ca and cb and ca != cb:
+        cmp.software.append(f"dream-hpc commit: {ca[:12]} (A) vs {cb[:12]} (B)")
     if ra.get("python") != rb.get("python"):
         cmp.software.append(f"python: {ra.get('python')} (A) vs {rb.get('python')} (B)")
     if ra.get("crds_context") != rb.get("crds_context"):
