@@ -10,7 +10,7 @@ import h5py
 import pytest
 from _provenance_fixtures import CONFIG, UNITS, make_run, resume_run
 
-from dream_hpc import provenance, versions
+from dream_hpc import prov_read, provenance, versions
 from dream_hpc.cli import main
 from dream_hpc.journal import JournalWriter, canonical, record_hash
 from dream_hpc.prov_json import build as prov_build
@@ -83,8 +83,8 @@ def test_layout_is_plain_h5py(run) -> None:
 def test_audit_rebuilds_exactly_what_consolidation_wrote(run) -> None:
     """Audit's expectation is derived without HDF5; it must equal the file read back, value and type."""
     with h5py.File(run.provenance, "r") as h5:
-        written = provenance.flatten(h5)
-    expected = provenance.expected_flat(provenance.build(provenance.stored_files(written)))
+        written = prov_read.flatten(h5)
+    expected = provenance.expected_flat(provenance.build(prov_read.stored_files(written)))
     assert written == expected
     assert len(written) > 300
 
@@ -227,14 +227,14 @@ def test_consolidation_is_atomic(run, monkeypatch) -> None:
 def test_interrupted_then_resumed_run_keeps_every_attempt(tmp_path: Path, capsys) -> None:
     run = make_run(tmp_path / "run", ranks=2, interrupt=(UNITS[1], "detector1"))
     provenance.consolidate(run)  # consolidating a killed run works and says what is unfinished
-    view = provenance.load(run.provenance)
+    view = prov_read.load(run.provenance)
     assert view["units"][UNITS[1]]["stages"]["detector1"]["attrs"]["status"] == "incomplete"
     assert view["units"][UNITS[1]]["stages"]["detector1"]["attrs"]["step"] == "jump"
     assert view["run"]["status"] == "incomplete" and UNITS[2] not in view["units"]
 
     resume_run(run, [UNITS[1], UNITS[2]])
     provenance.consolidate(run)
-    view = provenance.load(run.provenance)
+    view = prov_read.load(run.provenance)
     assert [a["number"] for a in view["attempts"]] == [1, 2]
     assert view["attempts"][0]["status"] == "incomplete" and view["attempts"][1]["status"] == "ok"
     assert {u["attrs"]["status"] for u in view["units"].values()} == {"done"}
@@ -253,7 +253,7 @@ def test_records_of_deleted_journal_files_are_kept(run, capsys) -> None:
     f = sorted(run.journal.glob("rank00001*.jsonl"))[0]
     f.unlink()
     provenance.consolidate(run)
-    view = provenance.load(run.provenance)
+    view = prov_read.load(run.provenance)
     assert view["units"][UNITS[1]]["attrs"]["status"] == "failed"  # rank 1 ran it
     rc, _, err = _audit_cli(run.provenance, capsys)
     assert rc == 1 and f"missing: journal/{f.name}" in err
@@ -291,8 +291,8 @@ def test_prov_json_is_well_formed(run, tmp_path: Path, capsys) -> None:
     assert prov_validate(doc) == []
     assert set(doc) <= {"prefix", "entity", "activity", "agent", "used", "wasGeneratedBy", "wasDerivedFrom",
                         "wasAssociatedWith"}
-    view = provenance.load(run.provenance)
-    products = provenance.products(view)
+    view = prov_read.load(run.provenance)
+    products = prov_read.products(view)
     assert {f"run:{rel}" for rel in products} <= set(doc["entity"])
     assert f"run:unit/{UNITS[0]}/detector1" in doc["activity"] and "run:mosaic/F150W" in doc["activity"]
     assert "crds:jwst_nircam_dark_0001.fits" in doc["entity"]

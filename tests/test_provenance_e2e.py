@@ -18,7 +18,7 @@ import pytest
 import yaml
 from _engine_fixtures import MPIEXEC, dream_run, engine_env, wait_for
 
-from dream_hpc import provenance
+from dream_hpc import prov_read
 from dream_hpc.journal import journal_files, read_file
 from dream_hpc.prov_json import validate
 
@@ -80,7 +80,7 @@ def killed_and_resumed(tmp_path_factory: pytest.TempPathFactory, refkit_dir: Pat
     assert proc.returncode != 0
     consolidated = cli(["provenance", str(run)], tmp)
     assert consolidated.returncode == 0, consolidated.stderr
-    before = provenance.load(run)
+    before = prov_read.load(run)
     rerun = dream_run(config, run, None, env=env(tmp))
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     consolidated = cli(["provenance", str(run)], tmp)
@@ -95,7 +95,7 @@ def test_killed_rank_record_is_complete_after_resume(killed_and_resumed: KilledR
            if st["attrs"]["status"] == "incomplete"}
     assert cut, "the kill should leave a stage recorded as incomplete"
 
-    after = provenance.load(killed_and_resumed.run)
+    after = prov_read.load(killed_and_resumed.run)
     assert [a["number"] for a in after["attempts"]] == [1, 2]
     assert after["attempts"][0]["status"] == "incomplete" and after["attempts"][0]["mpi_size"] == 2
     assert after["attempts"][1]["status"] == "ok" and after["attempts"][1]["mpi_size"] == 1
@@ -142,5 +142,5 @@ def test_reproduce_with_one_rank_is_bit_identical(killed_and_resumed: KilledRun)
     for suffix in (*UNIT_PRODUCTS, "_i2d.fits"):
         assert any(p.endswith(suffix) for p in verdicts), suffix
     assert not any(result[k] for k in ("software", "references", "parameters", "seeds", "units"))
-    view = provenance.load(out)
+    view = prov_read.load(out)
     assert view["run"]["reproduce_source"].endswith("A/provenance.h5") and view["run"]["mpi_size"] == 1

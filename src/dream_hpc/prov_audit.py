@@ -22,19 +22,17 @@ from pathlib import Path
 from typing import Any
 
 from dream_hpc.prov_model import JournalFile, build, parse_lines, split_raw, stage_key
-from dream_hpc.provenance import (
+from dream_hpc.prov_read import (
     FILENAME,
     ProvenanceError,
-    consolidate,
-    expected_flat,
     flatten,
     open_h5,
     products,
     resolve,
-    stored_attachments,
     stored_files,
     view_from_flat,
 )
+from dream_hpc.provenance import consolidate, expected_flat, stored_attachments
 from dream_hpc.rundir import RunDir, RunDirError, sha256_file
 
 MAX_LINES_PER_KIND = 50  # beyond this, "... and N more" (a run with every product deleted stays readable)

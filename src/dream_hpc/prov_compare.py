@@ -18,7 +18,8 @@ from typing import Any
 
 import numpy as np
 
-from dream_hpc.provenance import ProvenanceError, flatten_params, load, products
+from dream_hpc.prov_read import ProvenanceError, load, products
+from dream_hpc.provenance import flatten_params
 
 RTOL, ATOL = 1e-5, 1e-7  # jwst's regression-test tolerance
 # Science arrays compared per product type (file suffix); other suffixes: every image extension.

@@ -41,7 +41,7 @@ def _typed(value: Any, xsd: str) -> dict[str, str]:
 
 
 def build(view: dict[str, Any]) -> dict[str, Any]:
-    """The PROV-JSON document of a loaded provenance.h5 (provenance.load)."""
+    """The PROV-JSON document of a loaded provenance.h5 (prov_read.load)."""
     r, packages = view["run"], view["packages"]
     digest = view["root"].get("journal_digest", "")
     doc: dict[str, Any] = {

@@ -18,7 +18,8 @@ from typing import Any
 
 from dream_hpc.config import SurveyConfig, parse_config
 from dream_hpc.prov_compare import PATH_KEYS
-from dream_hpc.provenance import ProvenanceError, consolidate, load
+from dream_hpc.prov_read import ProvenanceError, load
+from dream_hpc.provenance import consolidate
 from dream_hpc.rundir import RunDir, atomic_write_text
 from dream_hpc.runinfo import REPRODUCE_FILE, cache_manifest, cached_sha256, git_commit, software_drift
 
