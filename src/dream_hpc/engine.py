@@ -30,10 +30,11 @@ from typing import Any
 from dream_hpc.cli import UserError
 from dream_hpc.config import SurveyConfig, load_config, parse_config
 from dream_hpc.rundir import RunDir, RunDirError, atomic_write_text, sha256_file
+from dream_hpc.stages import STAGES
 from dream_hpc.workunit import WorkUnit
 
-UNIT_STAGES = ("simulate", "detector1", "image2")
-# Image3 cost relative to the summed estimates of its input units: rough, only for its time limit.
+UNIT_STAGES = STAGES  # the chain contract's per-unit stages, in order
+# Fallback Image3 cost relative to its inputs' estimates (when the cost model cannot size apertures).
 MOSAIC_COST_FRACTION = 0.5
 # Units with no estimate still need an order and a limit.
 DEFAULT_UNIT_COST_S = 60.0

@@ -20,8 +20,9 @@ from typing import Any, TextIO
 
 from dream_hpc.journal import journal_files, read_file, record_hash
 from dream_hpc.rundir import RunDir
+from dream_hpc.stages import STAGES
 
-UNIT_STAGES = ("simulate", "detector1", "image2")
+UNIT_STAGES = STAGES  # the chain contract's per-unit stages, in order
 FINAL = ("done", "failed", "timeout")
 
 

@@ -499,9 +499,15 @@ class Executor:
                 return done
         if closed:  # the worker died under us (OOM killer, segfault, os._exit)
             why = self.worker.exit_description()
+            never_started = self.worker.ready_at is None
             self.worker.close()
             self.worker = None
-            return self._fail("failed", why)
+            oc = self._fail("failed", why)
+            if never_started:  # it died importing jwst/Mirage: every unit would, so stop the run
+                raise FatalRunError(f"the worker process could not start on rank {self.rank} ({why}); its "
+                                    "error is above in this job's output (check the environment: "
+                                    "`dream-hpc versions --check`)")
+            return oc
         if time.time() >= self.deadline:
             self.worker.kill()
             self.worker = None
