@@ -111,6 +111,10 @@ def test_resume_recognises_done_units_by_checksum_not_existence(tmp_path):
     cal = _product(run, u.filename("cal"), "cal v1")
     task = unit_task(u, recorded={"done": {"outputs": dict([cal])}, "stages": {}})
     assert task.resume_plan(run) == ([], dict([cal]))
+    j = JournalWriter(run.journal, 0)
+    j.write("unit_done", u.unit_id, outputs=dict([cal]), wall_s=1.0, peak_rss_mb=1.0)
+    j.close()
+    assert engine.completed_units(run) == {u.unit_id: dict([cal])}
     (run.root / cal[0]).write_text("cal v1 but edited")  # exists, wrong content: not done
     todo, _ = task.resume_plan(run)
     assert todo == list(engine.UNIT_STAGES)
@@ -200,6 +204,7 @@ def test_status_reads_states_from_the_journal_of_all_attempts(tmp_path):
     assert view.units["u3"].status == "pending"
     counts = stage_counts(view)
     assert counts["simulate"]["done"] == 3 and counts["detector1"]["failed"] == 1
+    assert engine.completed_units(run) == {}  # u0's recorded product is not on disk
     costs = engine.measured_unit_costs(run)
     assert costs["u0"]["peak_rss_mb"] == 400.0 and costs["u0"]["stages"]["simulate"]["cpu_s"] == 1.5
 

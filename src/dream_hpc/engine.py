@@ -652,6 +652,16 @@ def _report(run: RunDir, sched: Scheduler, out: Any) -> None:
               "shows the state at any time", file=out)
 
 
+def completed_units(run: str | Path | RunDir) -> dict[str, dict[str, str]]:
+    """Units whose journaled `unit_done` products are all on disk with their checksums (for `dream-hpc
+    mosaic` after `run --no-mosaic`): unit id -> {relpath: sha256}."""
+    from dream_hpc.status import read_run
+
+    run = run if isinstance(run, RunDir) else RunDir(Path(run).resolve())
+    return {uid: dict(u.done["outputs"]) for uid, u in read_run(run).units.items()
+            if u.status == "done" and u.done and verify_outputs(run, u.done.get("outputs", {}))}
+
+
 # --- measured costs (for `dream-hpc plan` advice) --------------------------------------------
 def measured_unit_costs(run: str | Path | RunDir) -> dict[str, dict[str, Any]]:
     """Per unit, from the journal: wall and CPU seconds and peak memory, in total and per stage.
