@@ -21,5 +21,6 @@ def refkit_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     subprocess.run([sys.executable, "-m", "dream_hpc", "refkit", "build", "--out", str(out)], check=True)
     return out
 from _cache_fixtures import kit  # noqa: E402,F401  (cache, offline and config tests)
-from _slurm_fixtures import local_slurm, sysdeps  # noqa: E402,F401  (Slurm, container and shellcheck tests)
+from _chain_fixtures import chain_run, science_run  # noqa: E402,F401  (science chain tests)
 from _engine_fixtures import engine_config  # noqa: E402,F401  (engine tests)
+from _slurm_fixtures import local_slurm, sysdeps  # noqa: E402,F401  (Slurm, container and shellcheck tests)

@@ -217,6 +217,7 @@ def run_mosaic(filter: str, units: Sequence[WorkUnit], ctx: StageContext) -> Sta
         build_pipeline,
         jwst_logging,
         references_used,
+        settle_heap,
         step_events,
         validate_overrides,
     )
@@ -245,6 +246,7 @@ def run_mosaic(filter: str, units: Sequence[WorkUnit], ctx: StageContext) -> Sta
     overrides = image3_overrides(cfg, refcat)
 
     times: dict[str, float] = {}
+    settle_heap()
     workdir = Path(tempfile.mkdtemp(prefix=f".tmp-image3-{stem}.", dir=run.mosaic))
     t0 = time.perf_counter()
     try:

@@ -104,12 +104,17 @@ def mirage_log(path: Path) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def phase_events(emit: Any, times: dict[str, float], current: list[str]) -> Iterator[None]:
+def phase_events(emit: Any, times: dict[str, float], current: list[str],
+                 numpy_seed: int | None = None) -> Iterator[None]:
     """Report Mirage's three phases as step events and time them.
 
     ImgSim.create() runs Catalog_seed.make_seed, DarkPrep.prepare and Observation.create in turn;
-    each is wrapped for the duration of the block (one process runs one unit at a time).
+    each is wrapped for the duration of the block (one process runs one unit at a time). With
+    `numpy_seed`, numpy's global generator is seeded before each phase: Mirage draws from it
+    unseeded, and a phase's pixels must not depend on whether an earlier one ran (dark_prep is
+    skipped when its product is cached).
     """
+    import numpy as np
     from mirage.dark import dark_prep
     from mirage.ramp_generator import obs_generator
     from mirage.seed_image import catalog_seed_image
@@ -123,6 +128,8 @@ def phase_events(emit: Any, times: dict[str, float], current: list[str]) -> Iter
         @functools.wraps(method)
         def timed(self: Any, *args: Any, **kwargs: Any) -> Any:
             current[0] = phase
+            if numpy_seed is not None:
+                np.random.seed((numpy_seed + PHASES.index(phase)) % 2**32)
             emit("step", stage=STAGE, step=phase, status="start")
             t0 = time.perf_counter()
             try:
@@ -197,6 +204,35 @@ def _num_amps(aperture: str) -> int:
             return int(parts[-1])
     raise SimulationError(f"{aperture}: aperture not in Mirage's subarray definitions ({table.name}); "
                           "choose another instrument.subarray")
+
+
+# --- dark_prep cache ------------------------------------------------------------------------
+def dark_cache_path(run: Any, unit: WorkUnit, dark: Path) -> Path | None:
+    """Where this unit's dark_prep product is cached in the run, or None when it cannot be reused.
+
+    dark_prep only averages the kit's linearized dark into the unit's groups and cuts its subarray:
+    the same for every unit with the same dark, detector, subarray and readout. With several dark
+    files beside the named one it would pick some at random per integration: not reused then.
+    """
+    if len(list(dark.parent.glob("*.fits"))) != 1:
+        return None
+    key = (f"{unit.detector.lower()}_{unit.subarray.lower()}_{unit.readpatt.lower()}_g{unit.ngroups}_i{unit.nints}_"
+           f"{file_sha256(dark)[:12]}")
+    return run.inside(Path("inputs") / "mirage_darks" / f"{key}_linear_dark_prep_object.fits")
+
+
+def _prepare_dark(yaml_path: Path, outdir: Path, unit: WorkUnit, cached: Path) -> None:
+    """Run Mirage's dark_prep alone and move its product into the run's dark cache."""
+    from mirage.dark import dark_prep
+
+    prep = dark_prep.DarkPrep(offline=True)
+    prep.paramfile = str(yaml_path)
+    prep.prepare()
+    produced = outdir / f"{Path(unit.filename('uncal')).stem}_linear_dark_prep_object.fits"
+    if not produced.is_file():
+        raise SimulationError(f"{unit.unit_id}: Mirage's dark_prep wrote no {produced.name}")
+    with atomic_path(cached) as tmp:  # concurrent ranks may race: both write the same content
+        os.replace(produced, tmp)
 
 
 # --- the Mirage yaml -------------------------------------------------------------------------
@@ -316,8 +352,6 @@ def _rel(run: Any, path: Path) -> str:
 # --- the stage -------------------------------------------------------------------------------
 def simulate_unit(unit: WorkUnit, ctx: StageContext) -> StageResult:
     """Write the Mirage inputs for `unit`, run Mirage in process, leave `<unit>_uncal.fits`."""
-    import numpy as np
-
     from dream_hpc import catalog, refkit
 
     cfg, run = ctx.cfg, ctx.run
@@ -346,11 +380,21 @@ def simulate_unit(unit: WorkUnit, ctx: StageContext) -> StageResult:
         times: dict[str, float] = {}
         current = ["setup"]
         emit = _emit_to(sys.stdout, ctx.emit)  # progress stays on the terminal while Mirage's prints do not
-        with mirage_log(inputs_dir / f"{unit.unit_id}_mirage.log"), phase_events(emit, times, current):
-            # dark_prep picks darks with an unseeded np.random.choice: seed numpy's global generator
-            np.random.seed(unit.seeds["numpy"])
+        cached_dark = dark_cache_path(run, unit, kit["linearized_darkfile"])
+        dark_state = "cached" if cached_dark and cached_dark.is_file() else "ran"
+        if dark_state == "cached":
+            emit("step", stage=STAGE, step="dark_prep", status="cached")
+        # Mirage draws from numpy's unseeded global generator (dark_prep's choice of darks, ...):
+        # each phase gets it seeded from the unit's seed
+        with (mirage_log(inputs_dir / f"{unit.unit_id}_mirage.log"),
+              phase_events(emit, times, current, unit.seeds["numpy"])):
             try:
-                ImgSim(paramfile=str(yaml_path), offline=True).create()
+                if cached_dark and dark_state == "ran":
+                    # prepare the dark on its own and cache it, so this unit reads it back exactly as
+                    # the units that reuse it will: the pixels never depend on the cache's state
+                    _prepare_dark(yaml_path, tmp_out, unit, cached_dark)
+                override = str(cached_dark) if cached_dark else None
+                ImgSim(paramfile=str(yaml_path), override_dark=override, offline=True).create()
             except SystemExit as e:
                 raise SimulationError(
                     f"{unit.unit_id}: Mirage exited (code {e.code}) during {current[0]}; the likely cause is a "
@@ -366,9 +410,9 @@ def simulate_unit(unit: WorkUnit, ctx: StageContext) -> StageResult:
         shutil.rmtree(tmp_out, ignore_errors=True)
 
     result = StageResult(stage=STAGE, params=params, seeds=dict(unit.seeds), step_times=times)
-    for path in [*catalogs.values(), yaml_path]:
+    for path in [*catalogs.values(), yaml_path, cached_dark]:
         if path:
-            result.inputs[_rel(run, path)] = sha256_file(path)
+            result.inputs[_rel(run, Path(path))] = sha256_file(path)
     result.outputs[run.rel(final)] = sha256_file(final)
     for key, path in refs.items():
         name = f"crds://{path.name}"
@@ -391,5 +435,7 @@ def simulate_unit(unit: WorkUnit, ctx: StageContext) -> StageResult:
             result.ref_sha256[name] = file_sha256(f)
     result.extra = {"n_stars": _count_rows(catalogs.get("pointsource")),
                     "n_galaxies": _count_rows(catalogs.get("galaxyListFile")),
-                    "aperture": unit.aperture, "filter": unit.filter, "pupil": unit.pupil}
+                    "aperture": unit.aperture, "filter": unit.filter, "pupil": unit.pupil,
+                    "dark_prep": dark_state,
+                    "dark_prep_product": _rel(run, cached_dark) if cached_dark else None}
     return result

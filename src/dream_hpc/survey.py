@@ -205,8 +205,13 @@ def mosaic_one(filt: str, units: list[WorkUnit], cfg: SurveyConfig, run: RunDir,
     progress.unit, progress.stage, progress.step = f"mosaic {filt}", "image3", ""
     progress.show()
     t0 = time.monotonic()
+    def emit(kind: str, **data: Any) -> None:
+        if kind == "step" and journal:
+            journal.write("step", filter=filt, **data)
+        progress.event(kind, **data)
+
     with unit_log(run.logs / f"mosaic_{filt.lower()}.log") as log:
-        ctx = StageContext(cfg=cfg, run=run, emit=progress.event, log=log)
+        ctx = StageContext(cfg=cfg, run=run, emit=emit, log=log)
         try:
             result = mosaic.run_mosaic(filt, units, ctx)
         except Exception as e:
