@@ -170,7 +170,7 @@ def _swap_into_place(tmp: Path, out: Path) -> None:
 
 
 def _write_kit(root: Path, plan: KitPlan, say: Callable[[str], None]) -> None:
-    from dream_hpc.refkit import crds_cache, crds_refs, distortion, mirage_data, psf
+    from dream_hpc.refkit import crds_cache, crds_refs, distortion, mirage_data, preview, psf
     from dream_hpc.refkit.detector import make_detector
 
     t0 = time.perf_counter()
@@ -225,6 +225,9 @@ def _write_kit(root: Path, plan: KitPlan, say: Callable[[str], None]) -> None:
                  f"mirage linearized dark {det.name} RAPID x{plan.mirage_dark_frames} frames")
             for path in mirage_data.write_cosmic_rays(mirage_root, det, plan.seed):
                 role(path, f"mirage cosmic-ray library {det.name}")
+            first = filters[0]
+            role(preview.write_preview(root / f"preview_{det.name.lower()}.png", model, first, psfs[first],
+                                       apcorr[first]), f"preview figure {det.name}")
             del model
             say(f"{det.name}: references, dark, flats, PSFs, cosmic rays ({time.perf_counter() - t1:.1f} s)")
         crds_refs.write_catalog_refs(writer, apcorr, zps)
