@@ -151,6 +151,7 @@ def test_apt_exports_read_like_mirage(tmp_path: Path) -> None:
     assert {(u.activity, u.filter) for u in units} == {(1, "F150W"), (1, "F277W"), (2, "F115W"), (2, "F444W")}
     assert {(u.activity, u.readpatt, u.ngroups) for u in units} == {(1, "BRIGHT2", 4), (2, "MEDIUM8", 3)}
     assert {u.visit for u in units} == {1, 2} and {u.exposure for u in units} == {1, 2}
+    assert plan.survey_filters(cfg) == sorted({u.filter for u in units})  # what load_catalog reads
 
     # Mirage's own readers and RA/Dec math (apt_inputs.ra_dec_update), in a subprocess: importing Mirage
     # reconfigures logging and writes mirage_latest.log into the current directory.

@@ -256,7 +256,13 @@ def make_plan(cfg: SurveyConfig) -> list[WorkUnit]:
 def survey_filters(cfg: SurveyConfig) -> list[str]:
     """The filters the survey observes (cheap: no footprint math)."""
     if cfg.pointings.mode == "apt":
-        return sorted({u.filter for u in make_plan(cfg)})
+        from dream_hpc import apt
+
+        try:
+            _, rows = apt.read_xml(cfg.resolve(cfg.pointings.apt.xml))
+        except apt.AptError as e:
+            raise PlanError(str(e)) from None
+        return sorted({r[k].upper() for r in rows for k in ("short_filter", "long_filter")})
     return sorted({f.upper() for pair in cfg.instrument.filter_pairs for f in pair})
 
 
