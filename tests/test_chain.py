@@ -163,6 +163,23 @@ def test_rerun_isolates_a_broken_exposure_and_reproduces_pixels(chain_run: Surve
     assert sha256_file(i2d) == before
 
 
+def test_mosaic_command_remakes_the_mosaic(chain_run: SurveyRun, tmp_path: Path) -> None:
+    """`dream-hpc mosaic` finds the finished units from the journal and redoes Image3 + science check."""
+    run = tmp_path / "run"
+    shutil.copytree(chain_run.run, run)
+    for p in (run / "mosaic").iterdir():
+        p.unlink()
+    proc = cli(["mosaic", str(chain_run.config), "--out", str(run), "--filter", "F150W"])
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "F150W: mosaic/jw09999-o001_t001_nircam_clear-f150w_i2d.fits (2 exposures" in proc.stdout
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["mosaics"]["F150W"]["science"]["n_output_sources"] > 0
+    assert summary["n_done"] == 2  # the rest of the survey's summary is kept
+    proc = cli(["mosaic", str(chain_run.config), "--out", str(tmp_path / "elsewhere")])
+    assert proc.returncode == 2 and "not a run directory" in proc.stderr
+    assert not (tmp_path / "elsewhere").exists()
+
+
 def test_truncated_input_is_one_clear_error(tmp_path: Path) -> None:
     """Calibration names a damaged input and the fix before starting jwst."""
     from dream_hpc.calibrate import CalibrationError, detector1_unit

@@ -57,8 +57,8 @@ def test_median_magnitude_residual(summary: dict, filt: str) -> None:
 @pytest.mark.slow
 @pytest.mark.timeout(2400)
 def test_figures_in_summary(summary: dict, science_run: SurveyRun) -> None:
-    assert "figures/science.png" in summary["figures"]
     for filt in FILTERS:
+        assert f"figures/science_{filt.lower()}.png" in summary["figures"]
         assert (science_run.run / summary["mosaics"][filt]["preview"]).stat().st_size > 10_000
         assert all(summary["mosaics"][filt]["science"]["passed"].values())
 

@@ -302,14 +302,16 @@ def run_mosaic(filter: str, units: Sequence[WorkUnit], ctx: StageContext) -> Sta
 
 # --- `dream-hpc mosaic` ----------------------------------------------------------------------
 def finished_units(cfg: Any, run: RunDir, filter_: str | None = None) -> dict[str, list[WorkUnit]]:
-    """Filter -> units of the plan whose `_cal` file exists."""
+    """Filter -> units of the plan whose journaled products are all on disk with their checksums."""
+    from dream_hpc.engine import completed_units
     from dream_hpc.plan import make_plan
 
+    done = completed_units(run)
     by_filter: dict[str, list[WorkUnit]] = {}
     for unit in make_plan(cfg):
         if filter_ and unit.filter.upper() != filter_.upper():
             continue
-        if product_path(run, unit, "image2").is_file():
+        if unit.unit_id in done and product_path(run, unit, "image2").is_file():
             by_filter.setdefault(unit.filter.upper(), []).append(unit)
     return by_filter
 
@@ -317,23 +319,34 @@ def finished_units(cfg: Any, run: RunDir, filter_: str | None = None) -> dict[st
 def _cmd_mosaic(args: argparse.Namespace) -> int:
     from dream_hpc import survey
     from dream_hpc.cli import UserError
+    from dream_hpc.journal import JournalWriter
 
     cfg = survey.prepare(args.config)
-    run = RunDir.create(args.out)
+    root = Path(args.out).resolve()
+    if not (root / "exposures").is_dir():
+        raise UserError(f"{root}: not a run directory (no exposures/); give the --out of a `dream-hpc survey` "
+                        "or `dream-hpc run`")
+    run = RunDir(root)
     by_filter = finished_units(cfg, run, args.filter)
     if not by_filter:
         what = f" in {args.filter.upper()}" if args.filter else ""
-        raise UserError(f"{run.root}: no finished exposures (_cal files){what} for this config (run "
-                        f"`dream-hpc survey {args.config} --out {args.out}` or `dream-hpc run` first)")
+        raise UserError(f"{run.root}: no finished exposures{what} for this config (run `dream-hpc survey "
+                        f"{args.config} --out {args.out}` or `dream-hpc run` first)")
+    mosaics: dict[str, Any] = {}
     with run.lock("mosaic"):
-        failed = 0
+        journal = JournalWriter(run.journal, rank=0)
+        progress = survey.Progress(total=0, quiet=args.quiet)
         for filt, units in sorted(by_filter.items()):
             try:
-                survey.mosaic_one(filt, units, cfg, run, survey.Progress(total=0, quiet=args.quiet))
+                mosaics[filt] = survey.mosaic_one(filt, units, cfg, run, progress, journal)
             except Exception as e:  # one filter failing does not stop the others
-                failed += 1
-                print(f"mosaic {filt}: FAILED: {e}")
-    return 1 if failed else 0
+                mosaics[filt] = {"error": f"{type(e).__name__}: {e}",
+                                 "log": run.rel(run.logs / f"mosaic_{filt.lower()}.log")}
+        journal.close()
+        survey.update_mosaics(run, mosaics)
+    if not args.quiet:
+        print(survey.format_mosaics(mosaics))
+    return 1 if any("error" in m for m in mosaics.values()) else 0
 
 
 def add_commands(sub: Any) -> None:

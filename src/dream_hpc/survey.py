@@ -23,7 +23,7 @@ from typing import Any
 from dream_hpc.cli import UserError
 from dream_hpc.config import SurveyConfig, load_config
 from dream_hpc.journal import JournalWriter
-from dream_hpc.rundir import RunDir, atomic_write_text
+from dream_hpc.rundir import RunDir, atomic_write_text, sha256_file
 from dream_hpc.stages import STAGES, StageContext, StageResult, product_path, run_stage
 from dream_hpc.workunit import WorkUnit
 
@@ -232,7 +232,10 @@ def mosaic_one(filt: str, units: list[WorkUnit], cfg: SurveyConfig, run: RunDir,
                                  "n_refcat_stars": result.extra["n_refcat_stars"]}
         t1 = time.monotonic()
         check = science.check_filter(cfg, filt, run.root / result.extra["i2d"], run.root / result.extra["cat"])
-        entry["science"] = check
+        figure = run.figures / f"science_{filt.lower()}.png"
+        science.figure([check], figure)
+        entry["science"] = science.public(check)
+        entry["science_figure"] = run.rel(figure)
         entry["science_wall_s"] = time.monotonic() - t1
     progress.say(f"mosaic {filt}: {result.extra['product']}_i2d.fits from {len(units)} exposures in "
                  f"{wall:.0f} s; tweakreg " + ("fitted" if result.extra["tweakreg"]["fitted"]
@@ -287,8 +290,7 @@ def run_survey(config_path: str | Path, out: str | Path, quiet: bool = False) ->
             wall = time.monotonic() - t0
             progress.unit_times.append(wall)
             progress.done += 1
-            journal.write("unit_done", unit=unit.unit_id, wall_s=wall,
-                          outputs={run.rel(product_path(run, unit, s)): "" for s in STAGES})
+            journal.write("unit_done", unit=unit.unit_id, wall_s=wall, outputs=_unit_outputs(run, unit, results))
             per_unit[unit.unit_id] = {"filter": unit.filter, "detector": unit.detector, "wall_s": wall,
                                       "stage_wall_s": stage_times,
                                       "skipped_existing": [s for s, r in results.items() if r is None],
@@ -327,6 +329,16 @@ def run_survey(config_path: str | Path, out: str | Path, quiet: bool = False) ->
     return summary
 
 
+def _unit_outputs(run: RunDir, unit: WorkUnit, results: dict[str, StageResult | None]) -> dict[str, str]:
+    """relpath -> sha256 of the unit's three products (as `dream-hpc mosaic` and resume verify them)."""
+    out: dict[str, str] = {}
+    for stage in STAGES:
+        rel = run.rel(product_path(run, unit, stage))
+        result = results.get(stage)
+        out[rel] = result.outputs[rel] if result and rel in result.outputs else sha256_file(run.root / rel)
+    return out
+
+
 def _run_unit_journaled(unit: WorkUnit, ctx: StageContext, journal: JournalWriter,
                         stage_times: dict[str, float]) -> dict[str, StageResult | None]:
     """`run_unit`, one stage at a time so each stage's record reaches the journal as it ends."""
@@ -344,16 +356,11 @@ def _run_unit_journaled(unit: WorkUnit, ctx: StageContext, journal: JournalWrite
 # --- summary ---------------------------------------------------------------------------------
 def _summary(cfg: SurveyConfig, run: RunDir, units: list[WorkUnit], per_unit: dict[str, Any],
              failures: dict[str, Any], mosaics: dict[str, Any], wall: float) -> dict[str, Any]:
-    from dream_hpc import science
-
     stage_means = {}
     for stage in STAGES:
         vals = [u["stage_wall_s"][stage] for u in per_unit.values() if stage in u["stage_wall_s"]]
         if vals:
             stage_means[stage] = {"mean_s": sum(vals) / len(vals), "max_s": max(vals), "n": len(vals)}
-    checks = [m["science"] for m in mosaics.values() if "science" in m]
-    if checks:
-        science.figure(checks, run.figures / "science.png")
     summary = {
         "survey": cfg.survey.name,
         "config_sha256": cfg.sha256,
@@ -364,13 +371,24 @@ def _summary(cfg: SurveyConfig, run: RunDir, units: list[WorkUnit], per_unit: di
         "wall_s": wall,
         "stage_times": stage_means,
         "failures": failures,
-        "mosaics": {f: {**{k: v for k, v in m.items() if k != "science"},
-                        **({"science": science.public(m["science"])} if "science" in m else {})}
-                    for f, m in mosaics.items()},
+        "mosaics": mosaics,
         "figures": sorted(run.rel(p) for p in run.figures.glob("*.png")),
         "units": per_unit,
     }
+    write_summary(run, summary)
+    return summary
+
+
+def write_summary(run: RunDir, summary: dict[str, Any]) -> None:
+    summary["figures"] = sorted(run.rel(p) for p in run.figures.glob("*.png"))
     atomic_write_text(run.summary, json.dumps(summary, indent=1, default=str) + "\n")
+
+
+def update_mosaics(run: RunDir, mosaics: dict[str, Any]) -> dict[str, Any]:
+    """Merge per-filter mosaic entries into RUN/summary.json (what `dream-hpc mosaic` adds to a run)."""
+    summary = json.loads(run.summary.read_text()) if run.summary.is_file() else {"run": str(run.root)}
+    summary.setdefault("mosaics", {}).update(mosaics)
+    write_summary(run, summary)
     return summary
 
 
@@ -403,6 +421,13 @@ def format_summary(s: dict[str, Any]) -> str:
                          f"[{'ok' if ok['photometry'] else 'OFF'}]")
     lines.append(f"  summary: {Path(s['run']) / 'summary.json'}; figures: {', '.join(s['figures'])}")
     return "\n".join(lines)
+
+
+def format_mosaics(mosaics: dict[str, Any]) -> str:
+    """The per-filter lines of `format_summary` alone (what `dream-hpc mosaic` prints)."""
+    return "\n".join(format_summary({"survey": "", "n_done": 0, "n_units": 0, "n_failed": 0, "wall_s": 0,
+                                     "stage_times": {}, "failures": {}, "mosaics": mosaics, "run": ".",
+                                     "figures": []}).splitlines()[1:-1])
 
 
 # --- CLI -------------------------------------------------------------------------------------
