@@ -144,8 +144,8 @@ def build(out: str | Path, detectors: Sequence[str] = DEFAULT_DETECTORS, filters
     _destination(out)
     say = progress or (lambda _msg: None)
     out.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_builds(out)
     tmp = out.parent / f".{out.name}.building-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
     t0 = time.perf_counter()
     try:
         with _offline():
@@ -155,6 +155,17 @@ def build(out: str | Path, detectors: Sequence[str] = DEFAULT_DETECTORS, filters
         shutil.rmtree(tmp, ignore_errors=True)
     say(f"kit ready in {time.perf_counter() - t0:.1f} s: {out}")
     return out / MANIFEST
+
+
+def _remove_stale_builds(out: Path) -> None:
+    """Delete temporary kits left by builds that were killed (their process is gone)."""
+    for stale in out.parent.glob(f".{out.name}.building-*"):
+        try:
+            os.kill(int(stale.name.rsplit("-", 1)[1]), 0)
+        except (ValueError, ProcessLookupError):
+            shutil.rmtree(stale, ignore_errors=True)
+        except PermissionError:  # alive, someone else's
+            pass
 
 
 def _swap_into_place(tmp: Path, out: Path) -> None:
