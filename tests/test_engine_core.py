@@ -281,3 +281,18 @@ def test_simulated_makespan_stays_within_the_longest_first_bound():
         # Graham: longest-first is within 4/3 - 1/(3m) of the optimum, which is >= the lower bound
         assert r["units_makespan"] <= (4 / 3 - 1 / (3 * ranks)) * r["units_lower_bound"] * 1.0001
     assert sim.simulate(tasks, 1, latency_s=0.0, mosaic_seconds=lambda units: 0.0)["units_makespan"] == sum(costs)
+
+
+def test_derived_time_limits_follow_the_measured_pace():
+    import io
+
+    units = [unit(i, cost=10.0) for i in range(1, 6)]
+    sched = Scheduler([Task(u.unit_id, "unit", 10.0, 300.0, unit=u) for u in units])
+    coord = engine.Coordinator(None, sched, None, Progress({}, io.StringIO()), None)
+    coord.timeout_factor = 10.0
+    for _ in range(3):
+        t = coord._next()
+        assert t.limit_s == 300.0  # min_timeout_s-based limit until the pace is known
+        sched.complete(Outcome(t.key, "unit", "done", wall_s=80.0))  # 8x slower than planned
+    assert coord.slowness() == 8.0
+    assert coord._next().limit_s == 800.0

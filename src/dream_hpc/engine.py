@@ -227,6 +227,7 @@ class Coordinator:
         self.idle: deque[int] = deque()
         self.stopped: set[int] = set()
         self.stop_file = stop_file
+        self.timeout_factor = 0.0  # set when limits are derived from estimates (engine.unit_timeout_s = 0)
         self.stop_requested = False
         self.fatal: str | None = None
         self._stop_checked = 0.0
@@ -243,7 +244,20 @@ class Coordinator:
                                f"{len(self.sched.running)} running to finish")
 
     def _next(self) -> Task | None:
-        return None if self.stop_requested or self.fatal else self.sched.next()
+        if self.stop_requested or self.fatal:
+            return None
+        task = self.sched.next()
+        if task is not None and self.timeout_factor:
+            # A derived limit follows what units really take here: a busy or slow machine (plan
+            # estimate x observed/estimated ratio) must not turn healthy units into timeouts.
+            task.limit_s = max(task.limit_s, self.timeout_factor * task.cost * self.slowness())
+        return task
+
+    def slowness(self) -> float:
+        """Median of measured wall / planned cost over the units computed so far (1 until 3 exist)."""
+        ratios = sorted(o.wall_s / self.sched.tasks[k].cost for k, o in self.sched.outcomes.items()
+                        if o.kind == "unit" and o.status == "done" and self.sched.tasks[k].cost > 0)
+        return max(1.0, ratios[len(ratios) // 2]) if len(ratios) >= 3 else 1.0
 
     def _local(self, call: Callable[[], Any]) -> Any:
         """Run an executor call; a FatalRunError stops handing out work (the run ends with it)."""
@@ -583,6 +597,8 @@ def _coordinate(comm: Any, p: Prepared, hosts: list[str], mosaic: bool, worker: 
                         n_mosaics=len(filters) if mosaic else 0)
     sched = Scheduler(p.tasks, mosaic_factory(cfg, p.view) if mosaic else None, cfg.engine.allow_partial_mosaic)
     coordinator = Coordinator(comm, sched, None, progress, journal, stop_file=run.root / STOP_FILE)
+    if cfg.engine.unit_timeout_s <= 0:
+        coordinator.timeout_factor = cfg.engine.timeout_factor
     executor = None
     if works:
         executor = Executor(cfg, run, journal, 0, worker=worker, notify=coordinator.notify)
