@@ -173,11 +173,7 @@ def write_detector_refs(w: Writer, model: DetectorModel, geometry, zeropoints: d
     for readpatt, (nframes, groupgap) in sorted(readpatts.items()):
         full = model.mean_dark_groups(nframes, groupgap, ngroups_max)
         for sub in subarrays:
-            # built empty then filled: DarkModel(data=...) would add an all-zero ERR cube as large as
-            # the data (100 MB for FULL), which the dark step never reads
-            dark = dm.DarkModel()
-            dark.data = np.ascontiguousarray(sub.crop(full))
-            dark.dq = np.zeros((sub.ysize, sub.xsize), np.uint32)
+            dark = dm.DarkModel(data=np.ascontiguousarray(sub.crop(full)))
             _meta(dark, "dark", det, f"dark DN per group, {readpatt} x{ngroups_max}, {sub.name} ({tag})")
             s = dark.meta.subarray
             s.name, s.xstart, s.ystart, s.xsize, s.ysize = sub.name, sub.xstart, sub.ystart, sub.xsize, sub.ysize
