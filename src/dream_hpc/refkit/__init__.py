@@ -5,10 +5,18 @@ Layout of a kit built with `dream-hpc refkit build --out DIR` (or `build(DIR)`):
   DIR/mirage_data/     MIRAGE_DATA for Mirage: PSF library, linearized darks, cosmic rays, QE flats
   DIR/manifest.json    sha256, size and role of every file, build parameters, kit version, context
   DIR/manifest.json.sha256
+  DIR/preview_<det>.png  what the detector model looks like
+
+For Mirage, take linearized_darkfile, psfpath, cosmic_ray_path and pixelflat from `mirage_paths`
+(the pixelflat there is the QE flat: the CRDS FLAT also holds the pixel area and would count it
+twice), psfwfe=PSF_WFE, psfwfegroup=PSF_WFE_GROUP, cosmicRay suffix `cosmic_ray_suffix(det)`,
+add_psf_wings False (the library PSF is complete), and the other Reffiles (mask, superbias,
+linearity, saturation, gain, distortion as `astrometric`, photom, area) from the CRDS cache.
 
 Modules: nircam (instrument facts), detector (the detector model), distortion (pysiaf -> model,
 pixel areas), photometry (Mirage zeropoints -> PHOTOM), psf (PSF and APCORR), crds_refs /
-crds_cache (references and mappings), mirage_data (Mirage files, `mirage_paths`), manifest, builder.
+crds_cache (references and mappings), mirage_data (Mirage files, `mirage_paths`), manifest, preview,
+builder.
 """
 
 from __future__ import annotations

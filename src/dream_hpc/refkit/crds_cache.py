@@ -12,10 +12,10 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
+from dream_hpc.refkit import CONTEXT  # the one place the context name is set
 from dream_hpc.refkit.crds_refs import USEAFTER, RefFile
 
-SERIAL = "0001"
-CONTEXT = f"jwst_{SERIAL}.pmap"
+SERIAL = CONTEXT.removeprefix("jwst_").removesuffix(".pmap")  # every mapping shares it
 IMAP = f"jwst_nircam_{SERIAL}.imap"
 DETECTOR_KEY = "META.INSTRUMENT.DETECTOR"
 # Match parkeys per reference type (anything not listed selects on the detector only).

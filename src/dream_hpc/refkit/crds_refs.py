@@ -1,8 +1,9 @@
 """CRDS reference files for NIRCam imaging, written as jwst datamodels from the detector model.
 
-Every file is FULL frame (jwst cuts subarrays out itself, Mirage needs full frame too), carries
-the metadata jwst validates, and is written with a fixed DATE so the same seed gives the same
-bytes. File names follow CRDS's own pattern (jwst_nircam_<reftype>_<serial>); what each one is
+Every file is FULL frame (jwst cuts subarrays out itself, Mirage needs full frame too) except
+the darks: jwst's dark step subtracts the reference as it is, so there is one per read pattern
+and subarray, each cut from the same FULL-frame dark. Files carry the metadata jwst validates and
+are written reproducibly (fixed DATE, sorted ASDF history) so the same seed gives the same bytes. File names follow CRDS's own pattern (jwst_nircam_<reftype>_<serial>); what each one is
 for is recorded in the rmaps and the kit manifest.
 """
 

@@ -115,8 +115,6 @@ class Subarray:
 
 def subarray(det: Detector, name: str) -> Subarray:
     """Where subarray `name` of `det` sits, from the SIAF (the corners Mirage itself crops with)."""
-    import math
-
     key = name.strip().upper()
     if key not in SUBARRAYS:
         raise InstrumentError(f"unknown subarray {name!r} (choose from {', '.join(SUBARRAYS)})")
