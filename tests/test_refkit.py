@@ -271,7 +271,7 @@ def test_mirage_paths_names_what_is_missing(refkit_dir: Path) -> None:
         refkit.mirage_paths(md, "NRCB1", "F200W", "BRIGHT2")
     with pytest.raises(refkit.KitError, match="short-wave filter"):
         refkit.mirage_paths(md, "NRCB5", "F150W", "BRIGHT2")
-    with pytest.raises(refkit.KitError, match="--readpatt MEDIUM8"):
-        refkit.mirage_paths(md, "NRCB1", "F150W", "MEDIUM8")
+    with pytest.raises(refkit.KitError, match="--readpatt DEEP8"):
+        refkit.mirage_paths(md, "NRCB1", "F150W", "DEEP8")
     with pytest.raises(refkit.KitError, match="--ngroups-max 50"):
         refkit.mirage_paths(md, "NRCB1", "F150W", "BRIGHT2", ngroups=50)

@@ -23,8 +23,10 @@ from dream_hpc.refkit.manifest import MANIFEST, write_manifest
 
 DEFAULT_DETECTORS = ("NRCB1", "NRCB5")
 DEFAULT_FILTERS = ("F150W", "F277W")
-DEFAULT_READPATTS = ("BRIGHT2",)
-DEFAULT_NGROUPS_MAX = 6  # the demo survey (BRIGHT2 x 4) with headroom; more costs ~34 MB/frame/detector
+# What the demo (MEDIUM8 x 4) and the tests (RAPID, BRIGHT2 up to 5 groups) use; each extra group of a
+# MEDIUM8 ramp costs Mirage's RAPID dark 10 frames (~8 MB each per detector, ~32 MB each in memory).
+DEFAULT_READPATTS = ("RAPID", "BRIGHT2", "MEDIUM8")
+DEFAULT_NGROUPS_MAX = 5
 DEFAULT_SEED = 20260101
 SOFTWARE = ("jwst", "stdatamodels", "stcal", "crds", "mirage", "pysiaf", "numpy", "astropy", "photutils",
             "asdf", "gwcs")
