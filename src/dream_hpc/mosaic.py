@@ -92,21 +92,25 @@ def _check_groups(units: Sequence[WorkUnit]) -> None:
 
 
 # --- the reference catalog -------------------------------------------------------------------
-def write_reference_catalog(cfg: Any, cal_paths: Sequence[Path], path: Path) -> int:
-    """ECSV of the input catalog's stars that fall on any of the `_cal` exposures; returns how many."""
+def write_reference_catalog(cfg: Any, units: Sequence[WorkUnit], path: Path) -> int:
+    """ECSV (RA, DEC) of the input catalog's stars on the units' detectors; returns how many.
+
+    The footprints are the same aperture outlines the catalog selection used for Mirage, so no
+    product has to be opened (reading each _cal's WCS cost ~0.5 s per exposure).
+    """
     import numpy as np
     from astropy.table import Table
-    from stdatamodels.jwst import datamodels
 
-    from dream_hpc import science
+    from dream_hpc import catalog
 
-    sky = science.input_catalog(cfg)
-    ra, dec = sky.ra[sky.is_star], sky.dec[sky.is_star]
-    keep = np.zeros(len(ra), bool)
-    for cal in cal_paths:
-        with datamodels.open(cal) as model:
-            keep |= science.on_image(model.meta.wcs, model.data.shape, ra, dec)
-    table = Table({"RA": np.asarray(ra[keep], float), "DEC": np.asarray(dec[keep], float)})
+    cat = catalog.load_catalog(cfg)
+    rows: set[int] = set()
+    for unit in units:
+        sel = catalog.select_for_unit(cat, unit, 0.0)
+        rows.update(int(r) for r in sel.row[sel.is_star])
+    src = cat.sources
+    keep = np.isin(src.row, np.fromiter(rows, int, len(rows)))
+    table = Table({"RA": np.asarray(src.ra[keep], float), "DEC": np.asarray(src.dec[keep], float)})
     table.meta["comment"] = ["dream-hpc: input-catalog stars on the exposures (local abs_refcat)"]
     with atomic_path(path) as tmp, open(tmp, "w") as f:
         table.write(f, format="ascii.ecsv")
@@ -239,7 +243,7 @@ def run_mosaic(filter: str, units: Sequence[WorkUnit], ctx: StageContext) -> Sta
     atomic_write_text(asn_path, json.dumps(association(units, cal_paths, run.mosaic), indent=1) + "\n")
 
     refcat: Path | None = run.mosaic / f"{stem}_refcat.ecsv"
-    n_ref = write_reference_catalog(cfg, cal_paths, refcat)
+    n_ref = write_reference_catalog(cfg, units, refcat)
     if n_ref == 0:
         ctx.log.warning("%s: no input-catalog stars on the exposures: tweakreg aligns relatively only", filter)
         refcat = None

@@ -166,7 +166,8 @@ def check_filter(cfg: Any, filter_: str, i2d: Path, cat: Path) -> dict[str, Any]
     covered = wht[yi, xi] > 0
     idx, x_in, y_in = idx[covered], x_in[covered], y_in[covered]
 
-    ra0, dec0 = float(np.median(ra_all[idx])) if len(idx) else 0.0, float(np.median(dec_all[idx])) if len(idx) else 0.0
+    # tangent point: the mosaic centre (a median of RAs would break across RA = 0)
+    ra0, dec0 = (float(v) for v in wcs.pixel_to_world_values((shape[-1] - 1) / 2.0, (shape[-2] - 1) / 2.0))
     xy_all = _tangent(ra_all[good], dec_all[good], ra0, dec0)
     mags_good = mags_all[good]
     pos_in_good = np.cumsum(good) - 1  # index into the `good` arrays

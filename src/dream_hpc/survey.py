@@ -136,7 +136,8 @@ class UnitFailed(RuntimeError):
 
 def run_unit(unit: WorkUnit, ctx: StageContext, stages: tuple[str, ...] = STAGES,
              skip_done: bool = True) -> dict[str, StageResult | None]:
-    """simulate -> detector1 -> image2 for one unit; a stage whose product exists is skipped.
+    """simulate -> detector1 -> image2 for one unit; with `skip_done`, a stage whose product exists
+    is skipped (until one stage runs: the stages after it then run too).
 
     Raises UnitFailed naming the stage and step; the caller records it and moves on.
     """
@@ -153,10 +154,11 @@ def run_unit(unit: WorkUnit, ctx: StageContext, stages: tuple[str, ...] = STAGES
         if skip_done and product_path(ctx.run, unit, stage).is_file():
             results[stage] = None
             continue
+        skip_done = False
         step[0] = ""
         try:
             results[stage] = run_stage(stage, unit, unit_ctx)
-        except Exception as e:
+        except (Exception, SystemExit) as e:  # SystemExit: some CRDS/Mirage paths call sys.exit
             ctx.log.error("%s failed in %s (step %s):\n%s", unit.unit_id, stage, step[0] or "-",
                           traceback.format_exc())
             raise UnitFailed(stage, step[0], e) from e
@@ -259,9 +261,9 @@ def run_survey(config_path: str | Path, out: str | Path, quiet: bool = False) ->
         journal = JournalWriter(run.journal, rank=0)
         from dream_hpc import versions
 
+        key = {versions.normalize(n) for n in versions.KEY_PACKAGES}
         journal.write("run_start", config_sha256=cfg.sha256, argv=sys.argv, mpi_size=1, hosts=[journal.host],
-                      versions=versions.installed_key_versions() if hasattr(versions, "installed_key_versions")
-                      else {})
+                      versions={k: v for k, v in versions.installed().items() if k in key})
         per_unit: dict[str, Any] = {}
         failures: dict[str, Any] = {}
         for unit in units:
@@ -345,7 +347,9 @@ def _run_unit_journaled(unit: WorkUnit, ctx: StageContext, journal: JournalWrite
     results: dict[str, StageResult | None] = {}
     for stage in STAGES:
         t0 = time.monotonic()
-        out = run_unit(unit, ctx, stages=(stage,))
+        # once a stage runs, everything after it is remade too: an older product would not match
+        redo = any(r is not None for r in results.values())
+        out = run_unit(unit, ctx, stages=(stage,), skip_done=not redo)
         results.update(out)
         stage_times[stage] = time.monotonic() - t0
         if out[stage] is not None:
