@@ -13,54 +13,23 @@ the same for a static split (units dealt round-robin in plan order, what a naive
 from __future__ import annotations
 
 import argparse
-import heapq
 import random
 import sys
 from pathlib import Path
 from typing import Any
 
-from dream_hpc.engine import Scheduler, Task, image3_seconds
-from dream_hpc.worker import Outcome
+from dream_hpc.engine import Task, image3_seconds, replay
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def simulate(tasks: list[Task], ranks: int, scatter: float = 0.0, seed: int = 1, latency_s: float = 0.005,
              mosaic_seconds: Any = image3_seconds, coordinator_works: bool = True) -> dict[str, float]:
-    """Run the engine's Scheduler on `ranks` simulated workers; times in seconds."""
+    """The engine's own replay of its Scheduler on `ranks` workers, units scattered around their estimate."""
     rng = random.Random(seed)
     actual = {t.key: t.cost * (rng.lognormvariate(0.0, scatter) if scatter else 1.0) for t in tasks}
-    mosaic_cost: dict[str, float] = {}
-
-    def factory(filt: str, ok: list[Task], outcomes: dict[str, Any]) -> Task:
-        c = mosaic_seconds([t.unit for t in ok])
-        mosaic_cost[f"mosaic_{filt}"] = c
-        return Task(f"mosaic_{filt}", "mosaic", c, 1e9, filter=filt, units=[t.unit for t in ok])
-
-    fresh = [Task(t.key, t.kind, t.cost, t.limit_s, unit=t.unit, tail=t.tail) for t in tasks]
-    sched = Scheduler(fresh, factory)
     workers = ranks if coordinator_works or ranks == 1 else ranks - 1
-    idle = list(range(workers))
-    running: list[tuple[float, int, str]] = []
-    now = units_end = 0.0
-    while not sched.finished:
-        while idle and (task := sched.next()):
-            dur = actual.get(task.key, mosaic_cost.get(task.key, task.cost))
-            heapq.heappush(running, (now + latency_s + dur, idle.pop(), task.key))
-        if not running:
-            break
-        now, worker, key = heapq.heappop(running)
-        kind = sched.running[key].kind
-        if kind == "unit":
-            units_end = max(units_end, now)
-        sched.complete(Outcome(key, kind, "done"))
-        idle.append(worker)
-    work = sum(actual.values())
-    lower = max(work / workers, max(actual.values()))
-    all_work = work + sum(mosaic_cost.values())
-    lower_all = max(all_work / workers, max(actual.values()) + max(mosaic_cost.values(), default=0.0))
-    return {"ranks": ranks, "workers": workers, "units_makespan": units_end, "units_lower_bound": lower,
-            "makespan": now, "lower_bound": lower_all, "work": work, "mosaic_work": sum(mosaic_cost.values())}
+    return {"ranks": ranks, **replay(tasks, workers, actual, mosaic_seconds, latency_s)}
 
 
 def static_split(tasks: list[Task], ranks: int, scatter: float = 0.0, seed: int = 1) -> float:

@@ -296,3 +296,20 @@ def test_derived_time_limits_follow_the_measured_pace():
         sched.complete(Outcome(t.key, "unit", "done", wall_s=80.0))  # 8x slower than planned
     assert coord.slowness() == 8.0
     assert coord._next().limit_s == 800.0
+
+
+def test_order_is_chosen_by_replaying_the_scheduler():
+    def tasks(tails):
+        return [unit_task(unit(i, f, cost=10.0), tail=tails[f]) for f in ("F150W", "F277W") for i in range(1, 7)]
+
+    alike = {"F150W": 60.0, "F277W": 50.0}  # similar mosaics, 2 ranks: finish both filters last, mosaic in parallel
+    ts = tasks(alike)
+    order, predicted = engine.choose_order(ts, 2, mosaic_seconds=lambda us: alike[us[0].filter])
+    assert order == "longest-first" and predicted["longest-first"] < predicted["longest-path-first"]
+    assert all(t.tail == 0.0 for t in ts)
+    skewed = {"F150W": 200.0, "F277W": 5.0}  # one long Image3 and many ranks: start it early
+    ts = tasks(skewed)
+    order, predicted = engine.choose_order(ts, 6, mosaic_seconds=lambda us: skewed[us[0].filter])
+    assert order == "longest-path-first" and predicted["longest-path-first"] < predicted["longest-first"]
+    assert engine.replay(ts, 6, mosaic_seconds=lambda us: skewed[us[0].filter])["makespan"] == pytest.approx(
+        predicted["longest-path-first"])

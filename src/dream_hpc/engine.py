@@ -216,6 +216,66 @@ class Scheduler:
         return mosaic
 
 
+def replay(tasks: list[Task], workers: int, durations: dict[str, float] | None = None,
+           mosaic_seconds: Callable[[list[WorkUnit]], float] | None = None,
+           latency_s: float = 0.005) -> dict[str, float]:
+    """The Scheduler on a simulated clock (no compute): makespan and its lower bounds, in seconds.
+
+    Units take `durations[key]` (default: their planned cost), mosaics `mosaic_seconds(units)`.
+    Used to choose the task order before a run and by bench/scheduler_sim.py at cluster scale.
+    """
+    from dream_hpc.worker import Outcome
+
+    durations = durations or {t.key: t.cost for t in tasks}
+    mosaic_seconds = mosaic_seconds or image3_seconds
+    mosaic_cost: dict[str, float] = {}
+
+    def factory(filt: str, ok: list[Task], outcomes: dict[str, Any]) -> Task:
+        mosaic_cost[f"mosaic_{filt}"] = c = mosaic_seconds([t.unit for t in ok])
+        return Task(f"mosaic_{filt}", "mosaic", c, 1e9, filter=filt, units=[t.unit for t in ok])
+
+    sched = Scheduler([Task(t.key, t.kind, t.cost, t.limit_s, unit=t.unit, tail=t.tail) for t in tasks], factory)
+    idle = list(range(max(workers, 1)))
+    running: list[tuple[float, int, str]] = []
+    now = units_end = 0.0
+    while not sched.finished:
+        while idle and (task := sched.next()):
+            dur = durations.get(task.key, mosaic_cost.get(task.key, task.cost))
+            heapq.heappush(running, (now + latency_s + dur, idle.pop(), task.key))
+        if not running:
+            break
+        now, worker, key = heapq.heappop(running)
+        kind = sched.running[key].kind
+        if kind == "unit":
+            units_end = max(units_end, now)
+        sched.complete(Outcome(key, kind, "done"))
+        idle.append(worker)
+    work = sum(durations.values())
+    longest = max(durations.values(), default=0.0)
+    all_work = work + sum(mosaic_cost.values())
+    return {"workers": workers, "units_makespan": units_end, "units_lower_bound": max(work / workers, longest),
+            "makespan": now, "lower_bound": max(all_work / workers, longest + max(mosaic_cost.values(), default=0.0)),
+            "work": work, "mosaic_work": sum(mosaic_cost.values())}
+
+
+def choose_order(tasks: list[Task], workers: int,
+                 mosaic_seconds: Callable[[list[WorkUnit]], float] | None = None) -> tuple[str, dict[str, float]]:
+    """Longest-path-first (a filter's units together, so its Image3 overlaps other units) pays off
+    when mosaics differ and ranks are many; plain longest-first (every filter ends last, mosaics in
+    parallel) when they are alike and ranks few. Replay both with the cost model; keep the faster.
+    Returns the order's name and the predicted makespans; tasks keep `tail` only for path order."""
+    if not any(t.tail for t in tasks):
+        return "longest-first", {}
+    plain = [Task(t.key, t.kind, t.cost, t.limit_s, unit=t.unit) for t in tasks]
+    predicted = {"longest-path-first": replay(tasks, workers, mosaic_seconds=mosaic_seconds)["makespan"],
+                 "longest-first": replay(plain, workers, mosaic_seconds=mosaic_seconds)["makespan"]}
+    order = min(predicted, key=lambda k: (predicted[k], k != "longest-first"))
+    if order == "longest-first":
+        for t in tasks:
+            t.tail = 0.0
+    return order, predicted
+
+
 # --- rank 0: the coordinator loop ----------------------------------------------------------
 class Coordinator:
     """Rank 0: serves requests from other ranks and feeds its own executor, until all tasks ended."""
@@ -590,8 +650,10 @@ def _coordinate(comm: Any, p: Prepared, hosts: list[str], mosaic: bool, worker: 
     run, cfg = p.run, p.cfg
     journal = JournalWriter(run.journal, 0)
     filters = sorted({u.filter for u in p.units})
+    order, predicted = choose_order(p.tasks, comm.size if works else max(comm.size - 1, 1))
     journal.write("run_start", None, **_run_facts(cfg, run, comm, hosts, {
         "n_units": len(p.units), "filters": filters, "mosaic": mosaic, "coordinator_works": works,
+        "order": order, "predicted_makespan_s": predicted,
         "engine": {k: getattr(cfg.engine, k) for k in cfg.engine.__dataclass_fields__}}))
     progress = Progress({t.key: t.cost for t in p.tasks}, stream or sys.stderr, cfg.engine.progress_interval_s,
                         n_mosaics=len(filters) if mosaic else 0)
