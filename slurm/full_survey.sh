@@ -198,6 +198,8 @@ case $rc in
         dream_log "some units failed (see above, or: dream-hpc status $DREAM_RUN); the Image3 job makes" \
             "the mosaics only if engine.allow_partial_mosaic allows it"
         rc=0 ;;
+    3)  # RUN/STOP written by someone else: the engine stopped cleanly; no automatic requeue.
+        dream_log "the engine stopped on request ($stop_file); remove it and resubmit to resume" ;;
     *) dream_log "the per-unit phase failed (exit code $rc); the Image3 job will be cancelled by Slurm" ;;
 esac
 exit "$rc"
