@@ -89,7 +89,7 @@ def _write_asn(config: str, run: str, filt: str) -> int:
     units = sorted((u for u in make_plan(cfg) if u.filter == filt), key=lambda u: u.unit_id)
     cals = [product_path(r, u, "image2") for u in units]
     (r.mosaic / f"{filt.lower()}_asn.json").write_text(json.dumps(association(units, cals, r.mosaic), indent=1))
-    write_reference_catalog(cfg, cals, r.mosaic / f"{filt.lower()}_refcat.ecsv")
+    write_reference_catalog(cfg, units, r.mosaic / f"{filt.lower()}_refcat.ecsv")
     return 0
 
 
