@@ -177,6 +177,12 @@ while true; do
 done
 dream_log "per-unit phase ended with exit code $rc"
 
+# The engine's last pass ended normally: rank 0's newest journal file ends with its run_end record.
+pass_completed() {
+    local files=("$DREAM_RUN"/journal/rank00000-*.jsonl)
+    [[ -f ${files[-1]} ]] && tail -n 1 "${files[-1]}" | grep -q '"kind":"run_end"'
+}
+
 # --- 3. hand over: requeue at the time limit, else let the Image3 job start ------------------
 if [[ $stop_requested -eq 1 && $rc -ne 2 ]]; then
     if [[ $too_short -eq 1 ]]; then
@@ -194,10 +200,15 @@ if [[ $stop_requested -eq 1 && $rc -ne 2 ]]; then
 fi
 case $rc in
     0) dream_log "all units done; the Image3 job can start" ;;
-    1)  # The pass completed but some units failed: Image3 decides (engine.allow_partial_mosaic).
-        dream_log "some units failed (see above, or: dream-hpc status $DREAM_RUN); the Image3 job makes" \
-            "the mosaics only if engine.allow_partial_mosaic allows it"
-        rc=0 ;;
+    1)  # Exit 1 is also what a crash gives: only a pass that journaled its run_end counts as done.
+        if pass_completed; then
+            dream_log "some units failed (see above, or: dream-hpc status $DREAM_RUN); the Image3 job makes" \
+                "the mosaics only if engine.allow_partial_mosaic allows it"
+            rc=0
+        else
+            dream_log "the engine ended without finishing its pass (see the errors above); the Image3 job" \
+                "will be cancelled by Slurm; resubmit to resume"
+        fi ;;
     3)  # RUN/STOP written by someone else: the engine stopped cleanly; no automatic requeue.
         dream_log "the engine stopped on request ($stop_file); remove it and resubmit to resume" ;;
     *) dream_log "the per-unit phase failed (exit code $rc); the Image3 job will be cancelled by Slurm" ;;

@@ -285,6 +285,52 @@ def test_time_limit_warning_requeues_and_resumes(local_slurm, slurm_config: Path
     assert_mosaic_and_audit(sub.run)
 
 
+FAKE_ENGINE = """#!/bin/bash
+# Stand-in for dream-hpc: `run` ends as FAKE_OUTCOME says; the Image3 job's commands leave marks.
+cmd=$1
+shift
+case $cmd in
+    run)
+        out=$3
+        mkdir -p "$out/journal"
+        [[ ${PMI_RANK:-0} == 0 ]] || exit 0
+        if [[ $FAKE_OUTCOME == failed-units ]]; then
+            echo '{"kind":"run_end","data":{"status":"failed"}}' >"$out/journal/rank00000-1-1.jsonl"
+        else
+            echo '{"kind":"run_start"}' >"$out/journal/rank00000-1-1.jsonl"  # crashed: no run_end
+        fi
+        exit 1 ;;
+    mosaic) touch "$3/mosaic-ran" ;;
+    provenance | audit) touch "$1/$cmd-ran" ;;
+esac
+"""
+
+
+@pytest.mark.slurm
+@pytest.mark.slow
+@pytest.mark.parametrize("outcome", ["failed-units", "crash"])
+def test_failed_units_hand_over_but_a_crash_does_not(local_slurm, outcome: str, tmp_path: Path) -> None:
+    """One bad exposure never stops a survey: a pass that ended with failed units still lets the
+    Image3 job start (mosaic decides by engine.allow_partial_mosaic); an engine crash does not."""
+    venv = tmp_path / "venv"
+    (venv / "bin").mkdir(parents=True)
+    fake = venv / "bin" / "dream-hpc"
+    fake.write_text(FAKE_ENGINE)
+    fake.chmod(0o755)
+    config = tmp_path / "survey.yaml"
+    config.write_text("survey: {}\n")
+    sub = submit(local_slurm, config, tmp_path / "run", tmp_path, DREAM_VENV=str(venv), FAKE_OUTCOME=outcome)
+    states = local_slurm.wait([sub.survey_job, sub.image3_job], 300)
+    if outcome == "failed-units":
+        assert states == {sub.survey_job: "COMPLETED", sub.image3_job: "COMPLETED"}, sub.log(sub.survey_job)
+        assert "some units failed" in sub.log(sub.survey_job)
+        assert all((sub.run / f"{c}-ran").exists() for c in ("mosaic", "provenance", "audit"))
+    else:
+        assert states == {sub.survey_job: "FAILED", sub.image3_job: "CANCELLED"}, sub.log(sub.survey_job)
+        assert "without finishing its pass" in sub.log(sub.survey_job)
+        assert not (sub.run / "mosaic-ran").exists()
+
+
 @pytest.mark.slurm
 @pytest.mark.slow
 @pytest.mark.mpi
