@@ -297,7 +297,12 @@ def run_survey(config_path: str | Path, out: str | Path, quiet: bool = False) ->
                                       "stage_wall_s": stage_times,
                                       "skipped_existing": [s for s, r in results.items() if r is None],
                                       "step_times": {s: r.step_times for s, r in results.items() if r}}
-            progress.show(final=True) if not progress.tty else progress.show()
+            stages = ", ".join(f"{st} {t:.1f}" if per_unit[unit.unit_id]["step_times"].get(st) is not None
+                               else f"{st} kept" for st, t in stage_times.items())
+            progress.say(f"[{progress.done + progress.failed}/{progress.total} units, {progress.failed} failed] "
+                         f"{unit.unit_id} done in {wall:.1f} s ({stages}); elapsed "
+                         f"{_clock(time.monotonic() - progress.start)}, ETA {progress.eta()}")
+            progress.show()
         progress.unit = ""
         progress.show(final=True)
 
