@@ -87,3 +87,17 @@ def test_empty_footprint_is_one_line(tmp_path: Path, kit: Path) -> None:
     cfg["pointings"].update(center_ra=30.0, center_dec=-40.0)  # ...and a survey far away from it
     line, _ = _fails_fast(cfg, tmp_path / "far", synth=False)
     assert "no sources in the survey footprint" in line
+
+
+def test_kit_without_the_readout_is_one_line(tmp_path: Path, kit: Path) -> None:
+    """A read pattern the kit has no darks for is named before any unit starts, not in every unit."""
+    from dream_hpc.config import READ_PATTERNS
+
+    built = set(json.loads((kit / "manifest.json").read_text())["parameters"]["readpatts"])
+    missing = [p for p in READ_PATTERNS if p not in built]
+    if not missing:
+        pytest.skip("the kit carries every read pattern")
+    cfg = demo_like(kit, tmp_path / "catalog.ecsv", pointings={"rows": 1, "cols": 1},
+                    instrument={"readout": {"readpatt": missing[0], "ngroups": 2, "nints": 1}})
+    line, _ = _fails_fast(cfg, tmp_path, synth=True)
+    assert missing[0] in line and "refkit build" in line

@@ -58,7 +58,26 @@ def plan_and_check(cfg: SurveyConfig) -> tuple[list[WorkUnit], Any]:
     if not units:
         raise UserError("the plan has no work units (check pointings and instrument)")
     check = catalog.check_catalog(cfg, units)  # one-line CatalogError if missing, unreadable or off-footprint
+    check_references(cfg, units)
     return units, check
+
+
+def check_references(cfg: SurveyConfig, units: list[WorkUnit]) -> None:
+    """Every reference and kit file the units need exists, checked once per kind of exposure:
+    a missing dark or flat is one line now, not the same failure in every unit later."""
+    from dream_hpc import cache, refkit, simulate
+
+    seen: set[tuple] = set()
+    for unit in units:
+        kind = (unit.detector, unit.filter, unit.pupil, unit.subarray, unit.readpatt, unit.ngroups, unit.nints,
+                unit.date_obs)
+        if kind in seen:
+            continue
+        seen.add(kind)
+        refkit.mirage_paths(cfg.resolve(cfg.references.mirage_data), unit.detector, unit.filter, unit.readpatt,
+                            unit.ngroups)
+        simulate.mirage_references(unit)
+        cache.best_references(unit)  # everything the three pipelines will look up
 
 
 # --- progress --------------------------------------------------------------------------------
