@@ -3,7 +3,9 @@
 Every reference Mirage reads is resolved here from the pinned CRDS context at the exposure's own
 observation date (the same files Detector1/Image2 will use) and written into the yaml as a full
 path: a Reffiles key left out silently becomes `crds`, and a failed lookup inside Mirage calls
-`sys.exit(-1)`. MIRAGE_DATA files (linearized dark, PSF library, cosmic rays) come from the kit.
+`sys.exit(-1)`. MIRAGE_DATA files (linearized dark, PSF library, cosmic rays, QE flat) come from
+the kit. Mirage's dark_prep product depends only on the dark and the readout, so it is made once
+per run and reused (bit-identical pixels either way; see `dark_cache_path`).
 """
 
 from __future__ import annotations
