@@ -243,7 +243,8 @@ def mosaic_one(filt: str, units: list[WorkUnit], cfg: SurveyConfig, run: RunDir,
         wall = time.monotonic() - t0
         if journal:
             journal.write("mosaic_done", filter=filt, asn=result.extra["asn"], inputs=result.inputs,
-                          outputs=result.outputs, params=result.params, refs=result.refs, wall_s=wall,
+                          outputs=result.outputs, params=result.params, refs=result.refs,
+                          ref_sha256=result.ref_sha256, wall_s=wall,
                           step_times=result.step_times, tweakreg=result.extra["tweakreg"])
         entry: dict[str, Any] = {"product": result.extra["product"], "n_inputs": result.extra["n_inputs"],
                                  "i2d": result.extra["i2d"], "segm": result.extra["segm"],
