@@ -279,11 +279,10 @@ def run_survey(config_path: str | Path, out: str | Path, quiet: bool = False) ->
         for line in check.lines():
             progress.say("  " + line)
         journal = JournalWriter(run.journal, rank=0)
-        from dream_hpc import versions
+        from dream_hpc.runinfo import collect
 
-        key = {versions.normalize(n) for n in versions.KEY_PACKAGES}
-        journal.write("run_start", config_sha256=cfg.sha256, argv=sys.argv, mpi_size=1, hosts=[journal.host],
-                      versions={k: v for k, v in versions.installed().items() if k in key})
+        # the same run facts the MPI engine records, so audit/compare/reproduce work on survey runs too
+        journal.write("run_start", **collect(cfg, run, mpi_size=1, hosts=[journal.host]), launcher="survey")
         per_unit: dict[str, Any] = {}
         failures: dict[str, Any] = {}
         for unit in units:
@@ -351,6 +350,10 @@ def run_survey(config_path: str | Path, out: str | Path, quiet: bool = False) ->
         journal.write("run_end", status="ok" if not failures and all("error" not in m for m in mosaics.values())
                       else "partial", n_done=len(per_unit), n_failed=len(failures))
         journal.close()
+        from dream_hpc.provenance import consolidate
+
+        summary["provenance"] = run.rel(consolidate(run))
+        write_summary(run, summary)
     if not quiet:
         print(format_summary(summary))
     return summary
