@@ -75,9 +75,12 @@ class SlurmCluster:
                 raise AssertionError(f"jobs not finished after {timeout:.0f} s: {states}")
             time.sleep(poll)
 
-    def wait_for(self, predicate, timeout: float, what: str, poll: float = 1.0) -> None:
+    def wait_for(self, predicate, timeout: float, what: str, poll: float = 1.0, job: str | None = None) -> None:
+        """Wait until `predicate()`; with `job`, fail at once if that job ends first (no idle wait)."""
         deadline = time.monotonic() + timeout
         while not predicate():
+            if job is not None and self.state(job) in FINISHED and not predicate():
+                raise AssertionError(f"job {job} ended ({self.state(job)}) before {what}")
             if time.monotonic() > deadline:
                 raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
             time.sleep(poll)

@@ -246,7 +246,8 @@ def test_survey_through_slurm(local_slurm, slurm_survey: Submission) -> None:
 @pytest.mark.slow
 def test_cancel_then_resubmit_resumes(local_slurm, slurm_config: Path, tmp_path: Path) -> None:
     first = submit(local_slurm, slurm_config, tmp_path / "run", tmp_path)
-    local_slurm.wait_for(lambda: units_done(first.run), JOB_TIMEOUT_S, "a first finished unit")
+    local_slurm.wait_for(lambda: units_done(first.run), JOB_TIMEOUT_S, "a first finished unit",
+                         job=first.survey_job)
     assert local_slurm.run("scancel", first.survey_job).returncode == 0
     local_slurm.wait([first.survey_job], 120)
     # Its Image3 job can never start now: Slurm cancels it (--kill-on-invalid-dep).
@@ -272,7 +273,8 @@ def test_time_limit_warning_requeues_and_resumes(local_slurm, slurm_config: Path
     # The warning normally comes --signal seconds before the limit; sending it by hand is the same
     # signal to the same process. DREAM_MIN_ATTEMPT_S=0: the guard against a too-short --time is off.
     sub = submit(local_slurm, slurm_config, tmp_path / "run", tmp_path, DREAM_MIN_ATTEMPT_S="0")
-    local_slurm.wait_for(lambda: units_done(sub.run), JOB_TIMEOUT_S, "a first finished unit")
+    local_slurm.wait_for(lambda: units_done(sub.run), JOB_TIMEOUT_S, "a first finished unit",
+                         job=sub.survey_job)
     assert local_slurm.run("scancel", "--batch", "--signal=USR1", sub.survey_job).returncode == 0
     states = local_slurm.wait([sub.survey_job, sub.image3_job], JOB_TIMEOUT_S)
     log = sub.log(sub.survey_job)
