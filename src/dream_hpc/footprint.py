@@ -9,27 +9,13 @@ Mirage are the ones Mirage will actually see.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import logging
-import socket
-from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 
-
-@contextlib.contextmanager
-def _no_network() -> Iterator[None]:
-    """Forbid connections for the duration (pysiaf polls GitHub on import), then restore the caller's state."""
-    from dream_hpc import offline
-
-    saved = socket.socket.connect, socket.getaddrinfo
-    offline.forbid_network()
-    try:
-        yield
-    finally:
-        socket.socket.connect, socket.getaddrinfo = saved  # type: ignore[method-assign]
+from dream_hpc import offline
 
 
 @functools.cache
@@ -39,7 +25,7 @@ def nircam_siaf() -> Any:
     level = pysiaf_log.level
     pysiaf_log.setLevel(logging.ERROR)  # silence "cannot check PRD version online": offline by design
     try:
-        with _no_network():
+        with offline.network_forbidden():
             import pysiaf
     finally:
         pysiaf_log.setLevel(level)

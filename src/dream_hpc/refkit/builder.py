@@ -11,12 +11,12 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import socket
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from dream_hpc import offline
 from dream_hpc.refkit import KIT_VERSION, KitError, nircam
 from dream_hpc.refkit.crds_cache import CONTEXT
 from dream_hpc.refkit.manifest import MANIFEST, write_manifest
@@ -102,19 +102,6 @@ def _subarrays(det: nircam.Detector, names: Sequence[str] | None) -> tuple[nirca
     return tuple(nircam.subarray(det, n) for n in dict.fromkeys(n.upper() for n in names))
 
 
-@contextlib.contextmanager
-def _offline() -> Iterator[None]:
-    """No connection leaves the machine while building (pysiaf, for one, polls GitHub on import)."""
-    from dream_hpc import offline
-
-    saved = socket.socket.connect, socket.getaddrinfo
-    offline.forbid_network()
-    try:
-        yield
-    finally:
-        socket.socket.connect, socket.getaddrinfo = saved  # type: ignore[method-assign]
-
-
 def _destination(out: Path) -> None:
     if out.exists() and not out.is_dir():
         raise KitError(f"{out}: exists and is not a directory; choose another --out")
@@ -150,7 +137,7 @@ def build(out: str | Path, detectors: Sequence[str] = DEFAULT_DETECTORS, filters
     tmp = out.parent / f".{out.name}.building-{os.getpid()}"
     t0 = time.perf_counter()
     try:
-        with _offline():
+        with offline.network_forbidden():
             _write_kit(tmp, plan, say)
         _swap_into_place(tmp, out)
     finally:
