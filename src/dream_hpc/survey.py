@@ -216,6 +216,11 @@ def _start_run(cfg: SurveyConfig, run: RunDir, units: list[WorkUnit]) -> None:
                         f"--out, or the same config to resume")
     atomic_write_text(run.config, cfg.text)
     atomic_write_text(run.plan, json.dumps([u.to_dict() for u in units], indent=1) + "\n")
+    from dream_hpc import catalog
+    from dream_hpc.plan import footprint_png
+
+    sources = catalog.load_catalog(cfg, sorted({u.filter for u in units})).sources  # cached: already read
+    footprint_png(cfg, units, run.figures / "footprint.png", (sources.ra, sources.dec))
 
 
 def mosaic_one(filt: str, units: list[WorkUnit], cfg: SurveyConfig, run: RunDir, progress: Progress,
