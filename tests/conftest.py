@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -9,6 +10,12 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+
+# Every test cluster here is one node. MPICH's UCX netmod may also pick its TCP transport, whose
+# address exchange fails intermittently on VMs whose NICs report no speed ("failed to unpack address,
+# invalid bandwidth 0.00" in MPI_Init; cf. pmodels/mpich#7417). Shared memory is all one node needs;
+# the setting reaches mpiexec and, through sbatch's exported environment, srun's ranks.
+os.environ.setdefault("UCX_TLS", "self,sm")
 
 
 @pytest.fixture(scope="session")
