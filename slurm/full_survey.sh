@@ -135,9 +135,19 @@ trap on_term TERM
 
 srun_args=(--mpi="${DREAM_MPI:-pmi2}" --kill-on-bad-exit=1)
 read -r -a srun_extra <<<"${DREAM_SRUN_ARGS:-}"
-# Runs in the background so the traps fire at once (bash defers them while a foreground child runs).
-srun "${srun_args[@]}" "${srun_extra[@]}" "${DREAM_LAUNCH[@]}" run "$DREAM_CONFIG" --out "$DREAM_RUN" --no-mosaic &
-srun_pid=$!
+# Rank 0 opens a new journal file once MPI is up: none new means the ranks died in MPI start-up.
+rank0_journals() {
+    local files=("$DREAM_RUN"/journal/rank00000-*.jsonl)
+    [[ -f ${files[0]} ]] && echo "${#files[@]}" || echo 0
+}
+launch() {
+    journals_before=$(rank0_journals)
+    # Runs in the background so the traps fire at once (bash defers them while a foreground child runs).
+    srun "${srun_args[@]}" "${srun_extra[@]}" "${DREAM_LAUNCH[@]}" run "$DREAM_CONFIG" --out "$DREAM_RUN" --no-mosaic &
+    srun_pid=$!
+}
+launch
+start_retries=${DREAM_MPI_START_RETRIES:-2}
 
 # Seconds left before Slurm's limit (from the job's end time).
 seconds_left() {
@@ -152,6 +162,8 @@ seconds_left() {
 
 rc=0
 graced=0
+continue_wait=1
+while ((continue_wait)); do
 while true; do
     set +e
     wait "$srun_pid"
@@ -174,6 +186,20 @@ while true; do
             done
         ) &
     fi
+done
+# MPI start-up can fail for reasons outside the survey (e.g. a shared-memory segment left on the
+# node by a killed step of the same job id before a requeue). A new srun is a new step with its
+# own names: retry a few times when nothing started (exit codes 1-3 are the engine's own), before
+# calling the attempt failed.
+if [[ $rc -gt 3 && $stop_requested -eq 0 && $start_retries -gt 0 && $(rank0_journals) -eq $journals_before ]]; then
+    start_retries=$((start_retries - 1))
+    dream_log "the ranks ended (exit code $rc) before MPI start-up completed; relaunching as a new job step"
+    sleep 2
+    launch
+    continue_wait=1
+else
+    continue_wait=0
+fi
 done
 dream_log "per-unit phase ended with exit code $rc"
 
