@@ -7,6 +7,7 @@ process, and other tests in this session point it elsewhere.
 from __future__ import annotations
 
 import copy
+import os
 import subprocess
 import sys
 import time
@@ -43,9 +44,10 @@ def write_config(directory: Path, cfg: dict[str, Any], synth: bool = True) -> Pa
     return path
 
 
-def cli(args: list[str], check: bool = False, timeout: float = 1800) -> subprocess.CompletedProcess:
+def cli(args: list[str], check: bool = False, timeout: float = 1800,
+        env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     proc = subprocess.run([sys.executable, "-m", "dream_hpc", *args], capture_output=True, text=True,
-                          timeout=timeout, cwd=ROOT)
+                          timeout=timeout, cwd=ROOT, env={**os.environ, **(env or {})})
     if check and proc.returncode != 0:
         raise AssertionError(f"dream-hpc {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
     return proc

@@ -24,14 +24,15 @@ def journal(run: Path) -> list[dict]:
 
 
 def plan_units(run: Path) -> list[dict]:
-    return json.loads((run / "plan.json").read_text())
+    return json.loads((run / "plan.json").read_text())["units"]
 
 
 def test_survey_succeeds_with_progress(chain_run: SurveyRun) -> None:
     assert chain_run.proc.returncode == 0, chain_run.proc.stdout + chain_run.proc.stderr
     out = chain_run.proc.stdout
-    assert "[2/2 units, 0 failed]" in out
-    assert "units done, 0 failed" in out
+    assert "units 2/2 done, 0 failed" in out  # the engine's progress line
+    assert "2/2 units done, 0 failed" in out  # the summary
+    assert "science: completeness" in out
     assert chain_run.proc.stderr.count("\n") < 20, chain_run.proc.stderr  # Mirage/jwst chatter goes to logs
 
 
@@ -124,11 +125,13 @@ def test_tweakreg_fitted_and_summary(chain_run: SurveyRun) -> None:
     assert "science" in m and m["science"]["n_output_sources"] > 0
 
 
-def test_rerun_isolates_a_broken_exposure_and_reproduces_pixels(chain_run: SurveyRun, tmp_path: Path) -> None:
+def test_rerun_resumes_by_checksum_isolates_a_failure_and_reproduces_pixels(chain_run: SurveyRun,
+                                                                            tmp_path: Path) -> None:
     """Rerun a copy of the run where unit 0's _rate is truncated (its _cal gone) and unit 1 was never
-    simulated (nor the cached dark_prep product): unit 0 fails at image2 with a message naming the
-    file and the fix, unit 1 is remade bit for bit, and the existing mosaic is not replaced by a
-    partial one."""
+    simulated (nor the cached dark_prep product), with unit 0's image2 made to raise (the engine's
+    test fault hook): the truncated product is caught by its checksum and only detector1 onwards is
+    redone, bit for bit; unit 1 is remade bit for bit; unit 0's failure is reported with its stage;
+    the existing mosaic is not replaced by a partial one."""
     import numpy as np
     from astropy.io import fits
 
@@ -147,14 +150,17 @@ def test_rerun_isolates_a_broken_exposure_and_reproduces_pixels(chain_run: Surve
     i2d = next((run / "mosaic").glob("*_i2d.fits"))
     before = sha256_file(i2d)
 
-    proc = cli(["survey", str(chain_run.config), "--out", str(run)])
+    proc = cli(["survey", str(chain_run.config), "--out", str(run)], env={"DREAM_HPC_TEST_FAULT": f"{bad}:image2:raise"})
     assert proc.returncode == 1, proc.stdout + proc.stderr
     summary = json.loads((run / "summary.json").read_text())
     assert list(summary["failures"]) == [bad]
     failure = summary["failures"][bad]
-    assert failure["stage"] == "image2" and f"{bad}_rate.fits" in failure["error"]
-    assert "rerun the detector1 stage" in failure["error"]
+    assert failure["stage"] == "image2" and "injected test fault" in failure["error"]
+    assert f"FAILED {bad}: image2" in proc.stdout
+    assert summary["units"][bad]["skipped_existing"] == ["simulate"]  # its uncal still matched its checksum
     assert summary["n_done"] == 1 and summary["units"][redo]["skipped_existing"] == []
+    assert np.array_equal(fits.getdata(rate, "SCI"), fits.getdata(chain_run.run / "exposures" / rate.name, "SCI"),
+                          equal_nan=True)
     for suffix in ("uncal", "rate", "cal"):
         new = fits.getdata(run / "exposures" / f"{redo}_{suffix}.fits", "SCI")
         old = fits.getdata(chain_run.run / "exposures" / f"{redo}_{suffix}.fits", "SCI")
@@ -196,3 +202,25 @@ def test_truncated_input_is_one_clear_error(tmp_path: Path) -> None:
     (run.exposures / unit.filename("uncal")).write_bytes(b"SIMPLE  =                    T" + b" " * 100)
     with pytest.raises(CalibrationError, match=r"_uncal.fits is not a readable FITS product .*rerun the simulate"):
         detector1_unit(unit, StageContext(cfg=SurveyConfig(), run=run))
+
+
+def test_mosaic_command_computes_no_unit_and_names_the_unfinished(chain_run: SurveyRun, tmp_path: Path) -> None:
+    """`dream-hpc mosaic` verifies units, never computes them: with one unit's _cal gone it makes no
+    partial mosaic (the existing one stays), names the unit, and starts no unit."""
+    from dream_hpc.rundir import sha256_file
+
+    run = tmp_path / "run"
+    shutil.copytree(chain_run.run, run)
+    gone = plan_units(run)[0]["unit_id"]
+    (run / "exposures" / f"{gone}_cal.fits").unlink()
+    i2d = next((run / "mosaic").glob("*_i2d.fits"))
+    before, n_starts = sha256_file(i2d), sum(r["kind"] == "unit_start" for r in journal(run))
+    proc = cli(["mosaic", str(chain_run.config), "--out", str(run)])
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert gone in proc.stderr and "allow_partial_mosaic" in proc.stderr
+    assert "1 not finished" in proc.stderr
+    assert sum(r["kind"] == "unit_start" for r in journal(run)) == n_starts
+    assert not (run / "exposures" / f"{gone}_cal.fits").exists()
+    assert sha256_file(i2d) == before
+    summary = json.loads((run / "summary.json").read_text())
+    assert "allow_partial_mosaic" in summary["mosaics"]["F150W"]["error"]

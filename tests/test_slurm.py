@@ -233,11 +233,13 @@ def test_survey_through_slurm(local_slurm, slurm_survey: Submission) -> None:
     assert_each_unit_done_once(sub.run)
     assert_mosaic_and_audit(sub.run)
     # The ranks were started by srun with PMI-2 and the run records the Slurm job (provenance).
-    starts = [r for r in journal_records(sub.run) if r["kind"] == "run_start"]
-    assert len(starts) == 1
+    # Two attempts are recorded: the units job, then the Image3 job's `dream-hpc mosaic` (one task).
+    starts = sorted((r for r in journal_records(sub.run) if r["kind"] == "run_start"), key=lambda r: r["time"])
+    assert len(starts) == 2
     facts = starts[0]["data"]
     assert facts["mpi_size"] == 2 and facts.get("launcher") == "srun"
     assert facts["slurm"]["job_id"] == sub.survey_job and facts["slurm"]["nodelist"]
+    assert starts[1]["data"]["mpi_size"] == 1 and starts[1]["data"]["slurm"]["job_id"] == sub.image3_job
     assert {r["rank"] for r in journal_records(sub.run) if r["kind"] == "unit_done"} <= {0, 1}
     assert "audit" in sub.log(sub.image3_job, "dream-image3")
 
@@ -283,7 +285,9 @@ def test_time_limit_warning_requeues_and_resumes(local_slurm, slurm_config: Path
     assert "requeueing job" in log and "sending TERM" not in log, "the ranks should stop on their own (RUN/STOP)"
     assert not (sub.run / "STOP").exists(), "the requeued job must clear its own stop request"
     assert_each_unit_done_once(sub.run)
-    assert len([r for r in journal_records(sub.run) if r["kind"] == "run_start"]) == 2
+    starts = [r["data"] for r in journal_records(sub.run) if r["kind"] == "run_start"]
+    # the first attempt, the requeued one, then the Image3 job's `dream-hpc mosaic`
+    assert [s["slurm"]["job_id"] for s in starts].count(sub.survey_job) == 2 and len(starts) == 3
     assert_mosaic_and_audit(sub.run)
 
 

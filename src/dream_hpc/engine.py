@@ -73,6 +73,7 @@ class Task:
     expected_inputs: dict[str, str] = field(default_factory=dict)  # a mosaic's current *_cal checksums
     verified_stages: list[str] = field(default_factory=list)
     tail: float = 0.0  # expected work that must follow this task (its filter's mosaic)
+    verify_only: bool = False  # `dream-hpc mosaic`: check a finished unit, never compute it
 
     @property
     def priority(self) -> int:
@@ -480,6 +481,18 @@ def plan_units(cfg: SurveyConfig) -> list[WorkUnit]:
     return units
 
 
+def write_footprint(cfg: SurveyConfig, run: RunDir, units: list[WorkUnit]) -> None:
+    """figures/footprint.png (as `dream-hpc plan --out` writes it); a figure never stops a run."""
+    try:
+        from dream_hpc import catalog
+        from dream_hpc.plan import footprint_png
+
+        sources = catalog.load_catalog(cfg, sorted({u.filter for u in units})).sources  # cached: already read
+        footprint_png(cfg, units, run.figures / "footprint.png", (sources.ra, sources.dec))
+    except Exception as e:
+        logging.getLogger("dream_hpc").warning("footprint.png not written: %s: %s", type(e).__name__, e)
+
+
 def record_plan(run: RunDir, cfg: SurveyConfig, units: list[WorkUnit]) -> None:
     """Write plan.json, or check that the recorded plan has the same units (else a clear error)."""
     import json
@@ -514,8 +527,12 @@ class Prepared:
     view: Any
 
 
-def prepare(config_path: Path, out: Path, mosaic: bool = True) -> Prepared:
-    """Rank 0, under the run lock: check the config against the record, plan, read earlier attempts."""
+def prepare(config_path: Path, out: Path, mosaic: bool = True, compute_units: bool = True,
+            filters: set[str] | None = None) -> Prepared:
+    """Rank 0, under the run lock: check the config against the record, plan, read earlier attempts.
+
+    `filters` keeps only those filters' units (and mosaics); `compute_units=False` only verifies
+    units an earlier run finished (what `dream-hpc mosaic` needs before Image3)."""
     from dream_hpc.status import read_run
 
     cfg = load_config(config_path)
@@ -530,6 +547,14 @@ def prepare(config_path: Path, out: Path, mosaic: bool = True) -> Prepared:
     if not units:
         raise UserError(f"{config_path}: the plan has no units (check pointings, detectors and filter_pairs)")
     record_plan(run, cfg, units)
+    if _stage_module() is None and not (run.figures / "footprint.png").is_file():
+        write_footprint(cfg, run, units)
+    if filters:
+        planned_filters = sorted({u.filter.upper() for u in units})
+        units = [u for u in units if u.filter.upper() in filters]
+        if not units:
+            raise UserError(f"{config_path}: no units in {', '.join(sorted(filters))} (this config's filters: "
+                            f"{', '.join(planned_filters)})")
     tails = mosaic_tails(units) if mosaic else {}
     # Leftovers of writes cut short by a kill never count; we hold the lock, so nobody is writing them.
     for stale in [*run.exposures.glob(".tmp-*"), *run.mosaic.glob(".tmp-*")]:
@@ -544,7 +569,7 @@ def prepare(config_path: Path, out: Path, mosaic: bool = True) -> Prepared:
         state = view.units.get(u.unit_id)
         recorded = {"done": state.done, "stages": state.stages} if state else {}
         tasks.append(Task(u.unit_id, "unit", cost, unit_time_limit(cfg, cost), unit=u, recorded=recorded,
-                          tail=tails.get(u.filter, 0.0)))
+                          tail=tails.get(u.filter, 0.0), verify_only=not compute_units))
     return Prepared(cfg, run, units, tasks, view)
 
 
@@ -573,8 +598,12 @@ def _run_facts(cfg: SurveyConfig, run: RunDir, comm: Any, hosts: list[str], extr
 
 
 def execute(config_path: str | Path, out: str | Path, mosaic: bool = True,
-            coordinator_works: bool | None = None, stream: Any = None) -> int:
-    """`dream-hpc run`: every unit (and, unless mosaic=False, one mosaic per filter); exit code."""
+            coordinator_works: bool | None = None, stream: Any = None, compute_units: bool = True,
+            filters: set[str] | None = None) -> int:
+    """`dream-hpc run`: every unit (and, unless mosaic=False, one mosaic per filter); exit code.
+
+    `compute_units=False` (`dream-hpc mosaic`): verify the units an earlier run finished and run
+    only the mosaics; `filters` restricts the run to those filters."""
     from dream_hpc import mpi
     from dream_hpc.worker import WorkerProcess
 
@@ -600,7 +629,8 @@ def execute(config_path: str | Path, out: str | Path, mosaic: bool = True,
                 if (out / STOP_FILE).exists():
                     raise UserError(f"{out / STOP_FILE} exists (a request to stop this run: "
                                     f"{(out / STOP_FILE).read_text().strip()[:100]!r}); remove it to run")
-                prepared = prepare(config_path, out, mosaic)
+                prepared = prepare(config_path, out, mosaic, compute_units,
+                                   {f.upper() for f in filters} if filters else None)
             except (UserError, RunDirError, OSError, ValueError) as e:  # ConfigError is a ValueError
                 error = str(e)
             except Exception as e:  # tell the other ranks before failing, so none waits forever
@@ -687,11 +717,12 @@ def _coordinate(comm: Any, p: Prepared, hosts: list[str], mosaic: bool, worker: 
     for filt, why in sched.blocked.items():
         journal.write("mosaic_failed", None, filter=filt, step=None, error=why, blocked=True)
     outcomes = list(sched.outcomes.values())
-    n_failed = sum(o.status not in ("done", "skipped") for o in outcomes) + len(sched.blocked)
+    n_failed = sum(o.status not in ("done", "skipped", "missing") for o in outcomes) + len(sched.blocked)
     status = "error" if coordinator.fatal else "stopped" if coordinator.stop_requested else (
         "ok" if not n_failed else "failed")
     journal.write("run_end", None, status=status, n_done=sum(o.status == "done" for o in outcomes),
                   n_skipped=sum(o.status == "skipped" for o in outcomes), n_failed=n_failed,
+                  n_missing=sum(o.status == "missing" for o in outcomes),
                   n_not_started=sched.pending, blocked=sorted(sched.blocked))
     journal.close()
     if coordinator.fatal:
@@ -715,11 +746,12 @@ def _report(run: RunDir, sched: Scheduler, out: Any) -> None:
     except Exception as e:  # a figure must never turn a finished run into a failed one
         print(f"timeline: not written ({type(e).__name__}: {e})", file=out)
     outcomes = list(sched.outcomes.values())
-    bad = [o for o in outcomes if o.status not in ("done", "skipped")]
+    bad = [o for o in outcomes if o.status not in ("done", "skipped", "missing")]
     units = [o for o in outcomes if o.kind == "unit"]
+    missing = sorted(o.key for o in units if o.status == "missing")
     print(f"units: {sum(o.status == 'done' for o in units)} computed, {sum(o.status == 'skipped' for o in units)} "
-          f"already done (checksums verified), {sum(o.status not in ('done', 'skipped') for o in units)} failed",
-          file=out)
+          f"already done (checksums verified), {len(bad) - sum(o.kind == 'mosaic' for o in bad)} failed"
+          + (f", {len(missing)} not finished (not computed by this command)" if missing else ""), file=out)
     for o in outcomes:
         if o.kind == "mosaic" and o.status in ("done", "skipped"):
             print(f"mosaic {o.key.removeprefix('mosaic_')}: {o.status} ({fmt_duration(o.wall_s)})", file=out)

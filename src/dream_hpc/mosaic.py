@@ -18,6 +18,7 @@ import math
 import os
 import re
 import shutil
+import sys
 import tempfile
 import time
 import warnings
@@ -305,57 +306,44 @@ def run_mosaic(filter: str, units: Sequence[WorkUnit], ctx: StageContext) -> Sta
 
 
 # --- `dream-hpc mosaic` ----------------------------------------------------------------------
-def finished_units(cfg: Any, run: RunDir, filter_: str | None = None) -> dict[str, list[WorkUnit]]:
-    """Filter -> units of the plan whose journaled products are all on disk with their checksums."""
-    from dream_hpc.engine import completed_units
-    from dream_hpc.plan import make_plan
-
-    done = completed_units(run)
-    by_filter: dict[str, list[WorkUnit]] = {}
-    for unit in make_plan(cfg):
-        if filter_ and unit.filter.upper() != filter_.upper():
-            continue
-        if unit.unit_id in done and product_path(run, unit, "image2").is_file():
-            by_filter.setdefault(unit.filter.upper(), []).append(unit)
-    return by_filter
-
-
 def _cmd_mosaic(args: argparse.Namespace) -> int:
-    from dream_hpc import survey
+    """The engine with units verified, not computed (engine.execute compute_units=False), then the report."""
+    from dream_hpc import engine, report, survey
     from dream_hpc.cli import UserError
-    from dream_hpc.journal import JournalWriter
+    from dream_hpc.status import read_run
 
-    cfg = survey.prepare(args.config)
+    t0 = time.monotonic()
     root = Path(args.out).resolve()
     if not (root / "exposures").is_dir():
         raise UserError(f"{root}: not a run directory (no exposures/); give the --out of a `dream-hpc survey` "
                         "or `dream-hpc run`")
+    filters = {args.filter.upper()} if args.filter else None
+    finished = [u for uid, u in read_run(RunDir(root)).units.items() if u.status == "done"]
+    if not finished:
+        raise UserError(f"{root}: no finished exposures for this run (run `dream-hpc run {args.config} --out "
+                        f"{args.out} --no-mosaic` or `dream-hpc survey` first)")
+    stream = open(os.devnull, "w") if args.quiet else sys.stderr  # noqa: SIM115 (closed below)
+    try:
+        code = engine.execute(args.config, root, mosaic=True, stream=stream, compute_units=False, filters=filters)
+    finally:
+        if args.quiet:
+            stream.close()
+    cfg = survey.prepare_report(args.config)
     run = RunDir(root)
-    by_filter = finished_units(cfg, run, args.filter)
-    if not by_filter:
-        what = f" in {args.filter.upper()}" if args.filter else ""
-        raise UserError(f"{run.root}: no finished exposures{what} for this config (run `dream-hpc survey "
-                        f"{args.config} --out {args.out}` or `dream-hpc run` first)")
-    mosaics: dict[str, Any] = {}
-    with run.lock("mosaic"):
-        journal = JournalWriter(run.journal, rank=0)
-        progress = survey.Progress(total=0, quiet=args.quiet)
-        for filt, units in sorted(by_filter.items()):
-            try:
-                mosaics[filt] = survey.mosaic_one(filt, units, cfg, run, progress, journal)
-            except Exception as e:  # one filter failing does not stop the others
-                mosaics[filt] = {"error": f"{type(e).__name__}: {e}",
-                                 "log": run.rel(run.logs / f"mosaic_{filt.lower()}.log")}
-        journal.close()
-        survey.update_mosaics(run, mosaics)
+    with run.lock("mosaic report"):
+        summary = report.finish(cfg, run, time.monotonic() - t0, filters)
     if not args.quiet:
-        print(survey.format_mosaics(mosaics))
-    return 1 if any("error" in m for m in mosaics.values()) else 0
+        shown = {f: m for f, m in summary["mosaics"].items() if not filters or f in filters}
+        print("\n".join(report.mosaic_lines(shown)))
+    failed = any("error" in m for f, m in summary["mosaics"].items() if not filters or f in filters)
+    return code if code not in (0, 1) else int(code == 1 or failed)
 
 
 def add_commands(sub: Any) -> None:
     p = sub.add_parser("mosaic", help="run Image3 per filter over the finished exposures of a run",
-                       description="Run jwst Image3 once per filter over the _cal files a run has finished.")
+                       description="Run jwst Image3 once per filter over the exposures a run has finished (their "
+                                   "checksums verified; nothing else is computed), then the science check, "
+                                   "summary.json and provenance.h5.")
     p.add_argument("config", help="survey config (YAML)")
     p.add_argument("--out", required=True, help="run directory holding exposures/*_cal.fits")
     p.add_argument("--filter", help="only this filter (e.g. F150W)")

@@ -38,6 +38,7 @@ class UnitState:
     since: str | None = None  # time of its latest unit_start
     log: str | None = None
     attempts: int = 0
+    todo: list[str] = field(default_factory=list)  # stages its latest attempt set out to compute
     stages: dict[str, dict[str, Any]] = field(default_factory=dict)  # stage -> latest stage_done data
     done: dict[str, Any] | None = None  # latest unit_done data
     journal: str | None = None  # journal file of its latest record
@@ -177,6 +178,7 @@ def _apply(view: RunView, fname: str, rec: dict[str, Any]) -> None:
         u.status, u.stage, u.step, u.error = "running", data.get("stage"), None, None
         u.rank, u.host, u.since, u.log = rec.get("rank"), rec.get("host"), rec["time"], data.get("log")
         u.attempts += 1
+        u.todo = list(data.get("stages") or [])
     elif kind == "step":
         if data.get("status") == "start":
             u.stage, u.step = data.get("stage", u.stage), data.get("step")
@@ -314,7 +316,7 @@ class Progress:
         self.stage_of: dict[str, str] = {}  # running key -> stage
         self.done = {s: 0 for s in UNIT_STAGES}
         self.failed = {s: 0 for s in UNIT_STAGES}
-        self.n_done = self.n_failed = self.n_skipped = 0
+        self.n_done = self.n_failed = self.n_skipped = self.n_missing = 0
         self.cost_finished = self.cost_computed = 0.0
         self.n_mosaics, self.mosaics_done = n_mosaics, 0
 
@@ -341,7 +343,9 @@ class Progress:
                 self._line(f"mosaic {oc.key} {oc.status} in {oc.step or '-'}: {oc.error}")
             return
         self.cost_finished += self.costs.get(oc.key, 0.0)
-        if oc.status == "skipped":
+        if oc.status == "missing":  # `dream-hpc mosaic`: an unfinished unit, left out (not computed)
+            self.n_missing += 1
+        elif oc.status == "skipped":
             self.n_done += 1
             self.n_skipped += 1
             for s in UNIT_STAGES:
@@ -355,7 +359,7 @@ class Progress:
                 self.failed[oc.stage] += 1
             what = "timed out" if oc.status == "timeout" else "failed"
             self._line(f"unit {oc.key} {what} in {oc.stage}/{oc.step or '-'}: {oc.error}")
-        self.tick(force=not self.tty and not ok)
+        self.tick(force=not self.tty and not ok and oc.status != "missing")
 
     def eta(self) -> float | None:
         """Planned cost left divided by the planned cost computed per second so far."""
@@ -376,6 +380,7 @@ class Progress:
         eta = self.eta()
         eta_s = f" | ETA {fmt_duration(eta)}" if eta is not None else ""
         skipped = f" ({self.n_skipped} already done)" if self.n_skipped else ""
+        skipped += f", {self.n_missing} not finished" if self.n_missing else ""
         return (f"[{fmt_duration(time.time() - self.t0)}] units {self.n_done}/{total} done{skipped}, "
                 f"{self.n_failed} failed | {stages}{mos}{eta_s}")
 

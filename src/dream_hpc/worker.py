@@ -257,10 +257,16 @@ class _Worker:
 def _preload() -> float:
     """Import jwst and Mirage once per worker, so units pay no import time."""
     t0 = time.time()
-    for module in ("jwst.pipeline", "mirage.imaging_simulator", "dream_hpc.simulate", "dream_hpc.calibrate",
-                   "dream_hpc.mosaic"):
+    for module in ("jwst.pipeline", "dream_hpc.simulate", "dream_hpc.calibrate", "dream_hpc.mosaic"):
         with contextlib.suppress(ImportError):
             __import__(module)
+    # Mirage through its guard only: a plain import runs its logging.config.dictConfig, which
+    # disables jwst's loggers (their records would vanish from the unit logs) and opens
+    # mirage_latest.log in the working directory.
+    with contextlib.suppress(ImportError):
+        from dream_hpc.simulate import import_mirage
+
+        import_mirage()
     return time.time() - t0
 
 
@@ -396,7 +402,7 @@ class Outcome:
 
     key: str
     kind: str  # unit | mosaic
-    status: str  # done | skipped | failed | timeout
+    status: str  # done | skipped | failed | timeout | missing (verify-only task of an unfinished unit)
     rank: int = 0
     stage: str | None = None
     step: str | None = None
@@ -467,6 +473,10 @@ class Executor:
                 self.journal.write("unit_done", task.key, outputs=verified, wall_s=0.0, cpu_s=0.0,
                                    peak_rss_mb=0.0, step_s=0.0, resumed=True)
             return self._finish("skipped")
+        if getattr(task, "verify_only", False):  # `dream-hpc mosaic` uses finished units, computes none
+            self.outcome.stage = todo[0]
+            self.outcome.error = f"not finished (its {todo[0]} stage and later): compute it with `dream-hpc run`"
+            return self._finish("missing")
         self.outcome.outputs = dict(verified)
         log = self.run.logs / (f"{task.key}.log" if task.kind == "unit" else f"mosaic_{task.filter}.log")
         self.deadline = now + task.limit_s
