@@ -3,7 +3,9 @@
 Pipelines are built the way stpipe's `Step.call` builds them (CRDS `pars-*` references, then the
 survey's step overrides), so `get_pars()` afterwards is exactly what ran: jwst itself keeps no
 record of the final step parameters (jwst#8246). Each step is wrapped so that its start, end and
-wall time are reported: a slow or stuck step is always located.
+wall time are reported: a slow or stuck step is always located. Reading the input (the pipeline's
+own open of the exposure) and writing the product are reported the same way, as steps "read" and
+"save": they are the stage's work, like the I/O inside Mirage's phases.
 """
 
 from __future__ import annotations
@@ -14,11 +16,11 @@ import functools
 import gc
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from dream_hpc.rundir import atomic_path, sha256_file
+from dream_hpc.rundir import atomic_path
 from dream_hpc.stages import StageContext, StageResult, product_path
 from dream_hpc.workunit import WorkUnit
 
@@ -50,13 +52,18 @@ def pipeline_class(name: str) -> type:
 
 
 def build_pipeline(name: str, input_path: str | Path, overrides: dict[str, dict[str, Any]],
-                   output_dir: str | Path, save_results: bool = False) -> Any:
-    """The pipeline as `Step.call` would build it: CRDS pars-* refs <- config overrides."""
+                   output_dir: str | Path, save_results: bool = False, prefetch: bool = True) -> Any:
+    """The pipeline as `Step.call` would build it: CRDS pars-* refs <- config overrides.
+
+    `prefetch=False` skips jwst's reference prefetch (see run_pipeline).
+    """
     cls = pipeline_class(name)
     config, config_file = cls.build_config(
         str(input_path), steps=copy.deepcopy(overrides), save_results=save_results, output_dir=str(output_dir))
     config.pop("class", None)
     pipe = cls.from_config_section(config, name=config.get("name"), config_file=config_file)
+    if not prefetch:  # a class attribute, not a step parameter: get_pars is the same either way
+        pipe.prefetch_references = False
     for step_name in pipe.step_defs:
         cores = getattr(getattr(pipe, step_name), "maximum_cores", "none")
         if str(cores).lower() not in ("none", "1"):
@@ -82,44 +89,52 @@ def jwst_logging(level: int = logging.INFO) -> Iterator[None]:
             logging.getLogger(name).setLevel(old)
 
 
+def timed_step(func: Any, stage: str, step_name: str, ctx: StageContext, times: dict[str, float],
+               skipped: Callable[[], bool] = lambda: False) -> Any:
+    """`func` wrapped to report start/done/skipped/failed of `step_name` and add its wall time to `times`."""
+
+    @functools.wraps(func)
+    def timed(*args: Any, **kwargs: Any) -> Any:
+        if skipped():
+            ctx.emit("step", stage=stage, step=step_name, status="skipped")
+            times.setdefault(step_name, 0.0)
+            return func(*args, **kwargs)
+        ctx.emit("step", stage=stage, step=step_name, status="start")
+        t0 = time.perf_counter()
+        try:
+            out = func(*args, **kwargs)
+        except BaseException:
+            times[step_name] = times.get(step_name, 0.0) + time.perf_counter() - t0
+            ctx.emit("step", stage=stage, step=step_name, status="failed")
+            raise
+        times[step_name] = times.get(step_name, 0.0) + time.perf_counter() - t0
+        ctx.emit("step", stage=stage, step=step_name, status="done")
+        return out
+
+    return timed
+
+
 @contextlib.contextmanager
-def step_events(pipe: Any, stage: str, ctx: StageContext, times: dict[str, float]) -> Iterator[None]:
+def step_events(pipe: Any, stage: str, ctx: StageContext, times: dict[str, float],
+                read_step: bool = False) -> Iterator[None]:
     """Wrap each step of `pipe` so it reports start/done/skipped/failed and its wall time.
 
     jwst pipelines call `self.<step>.run(...)`; an instance attribute shadows the method, so only
-    this pipeline object is affected. Steps that run more than once (gain_scale) add up.
+    this pipeline object is affected. Steps that run more than once (gain_scale) add up. With
+    `read_step`, the pipeline's own opening of its input (`self.prepare_output(...)`, once, before
+    the first step of Detector1 and Image2) is reported as step "read".
     """
-
-    def wrap(step_name: str, step: Any) -> None:
-        method = step.run
-
-        @functools.wraps(method)
-        def timed(*args: Any, **kwargs: Any) -> Any:
-            if step.skip:
-                ctx.emit("step", stage=stage, step=step_name, status="skipped")
-                times.setdefault(step_name, 0.0)
-                return method(*args, **kwargs)
-            ctx.emit("step", stage=stage, step=step_name, status="start")
-            t0 = time.perf_counter()
-            try:
-                out = method(*args, **kwargs)
-            except BaseException:
-                times[step_name] = times.get(step_name, 0.0) + time.perf_counter() - t0
-                ctx.emit("step", stage=stage, step=step_name, status="failed")
-                raise
-            times[step_name] = times.get(step_name, 0.0) + time.perf_counter() - t0
-            ctx.emit("step", stage=stage, step=step_name, status="done")
-            return out
-
-        step.run = timed
-
     for step_name in pipe.step_defs:
-        wrap(step_name, getattr(pipe, step_name))
+        step = getattr(pipe, step_name)
+        step.run = timed_step(step.run, stage, step_name, ctx, times, skipped=lambda step=step: step.skip)
+    if read_step:
+        pipe.prepare_output = timed_step(pipe.prepare_output, stage, "read", ctx, times)
     try:
         yield
     finally:
         for step_name in pipe.step_defs:
             getattr(pipe, step_name).__dict__.pop("run", None)
+        pipe.__dict__.pop("prepare_output", None)
 
 
 def locate_reference(name: str) -> Path | None:
@@ -181,9 +196,15 @@ def run_pipeline(name: str, input_path: Path, ctx: StageContext, stage: str) -> 
     overrides = getattr(ctx.cfg.pipeline, name)
     times: dict[str, float] = {}
     with jwst_logging():
-        pipe = build_pipeline(name, input_path, overrides, ctx.run.exposures)
+        # Every reference of every unit was looked up before any compute (survey.check_references)
+        # and each step looks up its own: jwst's prefetch would only repeat the CRDS lookups and
+        # read the input's metadata once more.
+        pipe = build_pipeline(name, input_path, overrides, ctx.run.exposures, prefetch=False)
         params = pipe.get_pars()
-        with step_events(pipe, stage, ctx, times):
+        # jwst logs the very same parameters as the run starts: a copy of these, not a second walk
+        pipe.get_pars = lambda full_spec=True: copy.deepcopy(params) if full_spec else type(pipe).get_pars(
+            pipe, full_spec)
+        with step_events(pipe, stage, ctx, times, read_step=True):
             result = pipe.run(str(input_path))
     return result, params, times
 
@@ -213,6 +234,8 @@ def _check_input(path: Path, unit: WorkUnit, stage: str, previous: str) -> None:
 
 
 def _calibrate(unit: WorkUnit, ctx: StageContext, stage: str, pipeline: str, previous: str) -> StageResult:
+    from dream_hpc.simulate import file_sha256
+
     run = ctx.run
     source = product_path(run, unit, previous)
     final = product_path(run, unit, stage)
@@ -223,12 +246,13 @@ def _calibrate(unit: WorkUnit, ctx: StageContext, stage: str, pipeline: str, pre
             raise CalibrationError(f"{unit.unit_id}: {pipeline} returned {len(result)} products, expected 1")
         result = result[0]
     try:
-        save_product(result, final)
+        timed_step(save_product, stage, "save", ctx, times)(result, final)
         refs, shas = references_used(result)
     finally:
         result.close()
-    return StageResult(stage=stage, inputs={run.rel(source): sha256_file(source)},
-                       outputs={run.rel(final): sha256_file(final)}, refs=refs, ref_sha256=shas,
+    # the input was hashed when the previous stage wrote it (in this process, usually): not again
+    return StageResult(stage=stage, inputs={run.rel(source): file_sha256(source)},
+                       outputs={run.rel(final): file_sha256(final)}, refs=refs, ref_sha256=shas,
                        params=params, step_times=times,
                        extra={"pipeline": PIPELINE_CLASSES[pipeline]})
 

@@ -163,22 +163,37 @@ def _emit_to(stream: Any, emit: Any) -> Any:
     return emit_outside
 
 
-# --- references ------------------------------------------------------------------------------
-def _stat_key(path: Path) -> tuple[str, int, int]:
+# --- digests ----------------------------------------------------------------------------------
+# Files at least this big are hashed once per machine, not once per process: runinfo's digest cache
+# keeps them by path, size, mtime and inode. A worker otherwise read ~1.2 GB of references per
+# detector before its first unit could finish (the kit's linearized darks are ~0.8 GB each).
+PERSISTENT_DIGEST_BYTES = 8 << 20
+
+
+def _stat_key(path: Path) -> tuple[str, int, int, int, int]:
     st = path.stat()
-    return str(path.resolve()), st.st_size, st.st_mtime_ns
+    return str(path.resolve()), st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino
 
 
-@functools.lru_cache(maxsize=512)
-def _sha256_cached(key: tuple[str, int, int]) -> str:
+@functools.lru_cache(maxsize=1024)
+def _sha256_cached(key: tuple[str, int, int, int, int]) -> str:
+    if key[1] >= PERSISTENT_DIGEST_BYTES:
+        from dream_hpc.runinfo import cached_sha256
+
+        return cached_sha256(key[0])
     return sha256_file(key[0])
 
 
 def file_sha256(path: str | Path) -> str:
-    """sha256 of a (read-only) reference file, computed once per process per file version."""
+    """sha256 of a file, computed once per process per file version (path, size, mtime, ctime, inode).
+
+    A product is hashed once when its stage writes it; the next stage, in the same process, records
+    it as its input without reading it again. A product replaced or truncated is a new version.
+    """
     return _sha256_cached(_stat_key(Path(path)))
 
 
+# --- references ------------------------------------------------------------------------------
 def mirage_references(unit: WorkUnit) -> dict[str, Path]:
     """Mirage Reffiles key -> reference file, from the pinned context at the unit's own date."""
     from dream_hpc import cache
@@ -195,6 +210,7 @@ def mirage_references(unit: WorkUnit) -> dict[str, Path]:
     return refs
 
 
+@functools.cache
 def _num_amps(aperture: str) -> int:
     """Amplifiers used to read out `aperture`, from Mirage's own subarray definitions."""
     import mirage
@@ -332,7 +348,8 @@ def _count_rows(path: Path | None) -> int:
         return 0
     from astropy.io import ascii
 
-    return len(ascii.read(path))
+    # the layout write_mirage_catalogs writes: '#' comments, a header line, one row per source
+    return len(ascii.read(path, format="basic", guess=False))
 
 
 def _under(path: Path, root: Path) -> str:
@@ -414,8 +431,8 @@ def simulate_unit(unit: WorkUnit, ctx: StageContext) -> StageResult:
     result = StageResult(stage=STAGE, params=params, seeds=dict(unit.seeds), step_times=times)
     for path in [*catalogs.values(), yaml_path, cached_dark]:
         if path:
-            result.inputs[_rel(run, Path(path))] = sha256_file(path)
-    result.outputs[run.rel(final)] = sha256_file(final)
+            result.inputs[_rel(run, Path(path))] = file_sha256(path)
+    result.outputs[run.rel(final)] = file_sha256(final)
     for key, path in refs.items():
         name = f"crds://{path.name}"
         result.refs[MIRAGE_REFTYPES[key]] = name
