@@ -8,7 +8,8 @@ centre or the APT target) placed at a (V2, V3) in the telescope frame, exactly a
 file describes it; each unit's RA/Dec is then its aperture reference point computed the way
 Mirage's yaml generator does (`mirage.apt.apt_inputs.ra_dec_update`).
 
-`dream-hpc plan CONFIG [--out RUN]` prints the size and writes plan.json and a footprint PNG.
+`dream-hpc plan CONFIG [--out RUN] [--measured RUN]` prints the size and writes plan.json and a
+footprint PNG; `--measured` adds advice from a run's measured memory (`plan_measured`).
 """
 
 from __future__ import annotations
@@ -267,8 +268,10 @@ def survey_filters(cfg: SurveyConfig) -> list[str]:
 
 
 # --- summary, plan.json ----------------------------------------------------------------------
-def summarize(cfg: SurveyConfig, units: list[WorkUnit], node_mem_gb: float = 24.0, node_cores: int = 2) -> dict:
-    """Size and cost of the plan: units, pixels, CPU-hours per stage, memory, Image3 per filter."""
+def summarize(cfg: SurveyConfig, units: list[WorkUnit], node_mem_gb: float = 24.0, node_cores: int = 2,
+              measured_run: str | Path | None = None) -> dict:
+    """Size and cost of the plan: units, pixels, CPU-hours per stage, memory, Image3 per filter; with
+    `measured_run`, also the advice from that run's measured peak memory and CPU (key "measured")."""
     stages = {"simulate": 0.0, "detector1": 0.0, "image2": 0.0}
     peak = dict.fromkeys(stages, 0.0)
     pixels = reads = 0
@@ -296,7 +299,7 @@ def summarize(cfg: SurveyConfig, units: list[WorkUnit], node_mem_gb: float = 24.
     ranks = cost.ranks_per_node(peak_unit, node_mem_gb, node_cores)
     cpu_total = sum(stages.values())
     exposures = {(u.observation, u.visit, u.activity, u.exposure) for u in units}
-    return {
+    summary = {
         "survey": cfg.survey.name, "units": len(units), "exposures": len(exposures),
         "visits": len({(u.observation, u.visit) for u in units}),
         "filters": sorted(by_filter), "detectors": sorted({u.detector for u in units}),
@@ -310,6 +313,11 @@ def summarize(cfg: SurveyConfig, units: list[WorkUnit], node_mem_gb: float = 24.
         "first_exposure": f"{units[0].date_obs}T{units[0].time_obs}" if units else None,
         "last_exposure": f"{units[-1].date_obs}T{units[-1].time_obs}" if units else None,
     }
+    if measured_run is not None:
+        from dream_hpc.plan_measured import measured_advice
+
+        summary["measured"] = measured_advice(units, measured_run, node_mem_gb, node_cores)
+    return summary
 
 
 def footprint_area_arcsec2(units: list[WorkUnit]) -> dict[str, float]:
@@ -491,6 +499,10 @@ def format_summary(s: dict) -> str:
     if big:
         lines.append(f"note: Image3 for {', '.join(big)} will not fit one node; split the mosaic into tiles "
                      "(COSMOS-Web reduced its mosaic in 20 tiles)")
+    if "measured" in s:
+        from dream_hpc.plan_measured import format_measured
+
+        lines.append(format_measured(s["measured"], s))
     return "\n".join(lines)
 
 
@@ -500,7 +512,7 @@ def _cmd_plan(args: Any) -> int:
 
     cfg = load_config(args.config)
     units = make_plan(cfg)
-    summary = summarize(cfg, units, args.node_mem_gb, args.node_cores)
+    summary = summarize(cfg, units, args.node_mem_gb, args.node_cores, measured_run=args.measured)
     print(format_summary(summary))
     if not args.out:
         print("(pass --out RUN to write RUN/plan.json and RUN/figures/footprint.png)")
@@ -526,4 +538,6 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--out", help="run directory: writes RUN/plan.json and RUN/figures/footprint.png")
     p.add_argument("--node-mem-gb", type=float, default=24.0, help="memory per node for the ranks advice")
     p.add_argument("--node-cores", type=int, default=2, help="cores per node for the ranks advice")
+    p.add_argument("--measured", metavar="RUN",
+                   help="also advise from the peak memory and CPU measured in RUN (e.g. a small pilot run)")
     p.set_defaults(func=_cmd_plan)
