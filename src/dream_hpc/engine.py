@@ -477,7 +477,9 @@ def plan_units(cfg: SurveyConfig) -> list[WorkUnit]:
     check_inputs(cfg)
     from dream_hpc.survey import plan_and_check
 
-    units, _ = plan_and_check(cfg)
+    # The pipelines' references are checked by each worker at start-up (worker.py): listing their
+    # types imports jwst, which would delay every rank's first unit by seconds here.
+    units, _ = plan_and_check(cfg, pipelines=False)
     return units
 
 

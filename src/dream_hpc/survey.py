@@ -42,8 +42,11 @@ def prepare(config_path: str | Path) -> SurveyConfig:
     return cfg
 
 
-def plan_and_check(cfg: SurveyConfig) -> tuple[list[WorkUnit], Any]:
-    """The work units and the catalog check (counts on the footprint); refuses an empty footprint."""
+def plan_and_check(cfg: SurveyConfig, pipelines: bool = True) -> tuple[list[WorkUnit], Any]:
+    """The work units and the catalog check (counts on the footprint); refuses an empty footprint.
+
+    `pipelines=False` leaves out the references of the jwst pipelines, which need jwst imported to
+    list (seconds): the engine's workers check those at start-up, where jwst is imported anyway."""
     from dream_hpc import catalog
     from dream_hpc.plan import make_plan
 
@@ -51,13 +54,14 @@ def plan_and_check(cfg: SurveyConfig) -> tuple[list[WorkUnit], Any]:
     if not units:
         raise UserError("the plan has no work units (check pointings and instrument)")
     check = catalog.check_catalog(cfg, units)  # one-line CatalogError if missing, unreadable or off-footprint
-    check_references(cfg, units)
+    check_references(cfg, units, pipelines)
     return units, check
 
 
-def check_references(cfg: SurveyConfig, units: list[WorkUnit]) -> None:
+def check_references(cfg: SurveyConfig, units: list[WorkUnit], pipelines: bool = True) -> None:
     """Every reference and kit file the units need exists, checked once per kind of exposure:
-    a missing dark or flat is one line now, not the same failure in every unit later."""
+    a missing dark or flat is one line now, not the same failure in every unit later.
+    `pipelines=False`: Mirage's references only (no jwst import)."""
     from dream_hpc import cache, refkit, simulate
 
     seen: set[tuple] = set()
@@ -70,7 +74,8 @@ def check_references(cfg: SurveyConfig, units: list[WorkUnit]) -> None:
         refkit.mirage_paths(cfg.resolve(cfg.references.mirage_data), unit.detector, unit.filter, unit.readpatt,
                             unit.ngroups)
         simulate.mirage_references(unit)
-        cache.best_references(unit)  # everything the three pipelines will look up
+        if pipelines:
+            cache.best_references(unit)  # everything the three pipelines will look up
 
 
 # --- the survey ------------------------------------------------------------------------------

@@ -254,6 +254,19 @@ class _Worker:
         self.events.send("task_end")
 
 
+@contextlib.contextmanager
+def _quiet(*names: str):
+    """Only warnings and errors from these loggers while the block runs."""
+    saved = {n: logging.getLogger(n).level for n in names}
+    for n in names:
+        logging.getLogger(n).setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        for n, level in saved.items():
+            logging.getLogger(n).setLevel(level)
+
+
 def _preload() -> float:
     """Import jwst and Mirage once per worker, so units pay no import time."""
     t0 = time.time()
@@ -299,11 +312,16 @@ def worker_main(argv: list[str]) -> int:
             break
         if msg["op"] == "init":
             worker = _Worker(events, config_path, msg["run"])
-            try:  # once per worker, with jwst already imported: a bad override stops the run before compute
+            try:  # once per worker, with jwst already imported: a bad override or a reference missing from
+                # this node's CRDS cache stops the run before any compute, in one line
                 if not worker.stage_module:
                     from dream_hpc.params import validate_step_overrides
+                    from dream_hpc.plan import load_plan
+                    from dream_hpc.survey import check_references
 
                     validate_step_overrides(worker.cfg)
+                    with _quiet("stpipe", "jwst", "stcal"):  # "... instance created" x 60, outside any unit log
+                        check_references(worker.cfg, load_plan(worker.run.plan))
                 worker.install_step_faults()
             except Exception as e:
                 events.send("fatal", error=str(e) or type(e).__name__)
