@@ -32,13 +32,19 @@ def test_digest_follows_every_new_version_of_a_file(tmp_path: Path) -> None:
     assert simulate.file_sha256(product) == _sha(b"b" * 2880)
 
 
-def test_big_files_are_hashed_once_per_machine(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_big_references_are_hashed_once_per_machine(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("DREAM_HPC_CACHE_DIR", str(tmp_path / "digests"))
+    monkeypatch.setenv("MIRAGE_DATA", str(tmp_path / "kit"))
+    monkeypatch.delenv("CRDS_PATH", raising=False)
     monkeypatch.setattr(simulate, "PERSISTENT_DIGEST_BYTES", 1000)
-    big, small = tmp_path / "dark.fits", tmp_path / "photom.fits"
+    (tmp_path / "kit").mkdir()
+    big, small = tmp_path / "kit" / "dark.fits", tmp_path / "kit" / "photom.fits"
+    product = tmp_path / "run_uncal.fits"  # big, but a run's product: not kept machine-wide
     big.write_bytes(b"d" * 2000)
     small.write_bytes(b"p" * 10)
+    product.write_bytes(b"u" * 3000)
     assert simulate.file_sha256(big) == _sha(b"d" * 2000)
     assert simulate.file_sha256(small) == _sha(b"p" * 10)
+    assert simulate.file_sha256(product) == _sha(b"u" * 3000)
     cached = json.loads((tmp_path / "digests" / "digests.json").read_text())
-    assert list(cached.values()) == [_sha(b"d" * 2000)]  # only the big one is kept across processes
+    assert list(cached.values()) == [_sha(b"d" * 2000)]  # only the big reference is kept across processes

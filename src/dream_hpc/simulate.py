@@ -164,7 +164,7 @@ def _emit_to(stream: Any, emit: Any) -> Any:
 
 
 # --- digests ----------------------------------------------------------------------------------
-# Files at least this big are hashed once per machine, not once per process: runinfo's digest cache
+# References at least this big are hashed once per machine, not once per process: runinfo's digest cache
 # keeps them by path, size, mtime and inode. A worker otherwise read ~1.2 GB of references per
 # detector before its first unit could finish (the kit's linearized darks are ~0.8 GB each).
 PERSISTENT_DIGEST_BYTES = 8 << 20
@@ -175,9 +175,16 @@ def _stat_key(path: Path) -> tuple[str, int, int, int, int]:
     return str(path.resolve()), st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino
 
 
+def _reference_root(path: str) -> bool:
+    """Under the CRDS cache or MIRAGE_DATA (read-only references), not a run's products: a machine-wide
+    digest file rewritten for each of a survey's thousands of products would cost more than it saves."""
+    roots = (os.environ.get("CRDS_PATH"), os.environ.get("MIRAGE_DATA"))
+    return any(root and path.startswith(str(Path(root).resolve()) + os.sep) for root in roots)
+
+
 @functools.lru_cache(maxsize=1024)
 def _sha256_cached(key: tuple[str, int, int, int, int]) -> str:
-    if key[1] >= PERSISTENT_DIGEST_BYTES:
+    if key[1] >= PERSISTENT_DIGEST_BYTES and _reference_root(key[0]):
         from dream_hpc.runinfo import cached_sha256
 
         return cached_sha256(key[0])
