@@ -3,7 +3,8 @@
 A unit's memory and time are set by its "kind": channel, subarray and readout (pattern, groups,
 integrations). Each kind of the plan that the measured run (e.g. a small pilot of the same readout)
 covered gets its measured peak (the largest, plus a safety margin) and median CPU; a kind it did not
-cover gets the cost model's estimate scaled by the median measured/model ratio ("scaled").
+cover gets the cost model's estimate scaled by the measured/model ratio (largest for memory, median
+for CPU: "scaled").
 """
 
 from __future__ import annotations
@@ -78,8 +79,8 @@ def _why_nothing(root: Path, costs: dict[str, Any], planned: dict[str, Any]) -> 
     return f"no unit finished all its stages there; run some units first: dream-hpc run CONFIG --out {root}"
 
 
-def _ratio(samples: list[Sample], measured: str, model: str) -> float:
-    return statistics.median(getattr(s, measured) / max(getattr(s, model), 1e-9) for s in samples)
+def _ratio(samples: list[Sample], measured: str, model: str, pick: Any = statistics.median) -> float:
+    return pick(getattr(s, measured) / max(getattr(s, model), 1e-9) for s in samples)
 
 
 def _kind_row(kind: Kind, units: list[WorkUnit], seen: list[Sample], ratios: dict[str, float],
@@ -100,7 +101,9 @@ def measured_advice(units: list[WorkUnit], run_path: str | Path, node_mem_gb: fl
                     margin: float = PEAK_MARGIN) -> dict[str, Any]:
     """Ranks per node and node-hours for `units` (annotated by the cost model) from RUN's measurements."""
     samples, left_out = measured_samples(run_path)
-    ratios = {"mem": _ratio(samples, "peak_mb", "model_peak_mb"), "cpu": _ratio(samples, "cpu_s", "model_cpu_s")}
+    # Memory scales by the largest ratio: a rank must hold its worst unit (a rank's first unit of a
+    # readout also prepares the dark, so it peaks well above the ones after it); CPU by the median.
+    ratios = {"mem": _ratio(samples, "peak_mb", "model_peak_mb", max), "cpu": _ratio(samples, "cpu_s", "model_cpu_s")}
     by_kind: dict[Kind, list[WorkUnit]] = {}
     for u in units:
         by_kind.setdefault(unit_kind(u), []).append(u)
@@ -118,11 +121,11 @@ def format_measured(m: dict[str, Any], model: dict[str, Any]) -> str:
     """The measured advice beside the model's, one line per kind saying measured or scaled."""
     left = f", {m['units_left_out']} left out (unfinished or no memory recorded)" if m["units_left_out"] else ""
     r = m["ratio_to_model"]
-    lines = [f"measured in {m['run']}: {m['units_measured']} finished units{left}; measured/model median: "
-             f"memory x{r['mem']:.2f}, CPU x{r['cpu']:.2f}; peaks + {m['margin']:.0%} margin"]
+    lines = [f"measured in {m['run']}: {m['units_measured']} finished units{left}; measured/model: "
+             f"memory x{r['mem']:.2f} (largest), CPU x{r['cpu']:.2f} (median); peaks + {m['margin']:.0%} margin"]
     for k in m["kinds"]:
         how = (f"measured on {k['measured_units']}" if k["source"] == "measured"
-               else "scaled (not in the measured run: model x the median ratios)")
+               else "scaled (not in the measured run: model x those ratios)")
         lines.append(f"  {k['kind']}: {k['units']} units, {how}: {k['peak_mb'] / 1024:.2f} GiB, {k['cpu_s']:.0f} "
                      f"CPU-s per unit (model {k['model_peak_mb'] / 1024:.2f} GiB, {k['model_cpu_s']:.0f} CPU-s)")
     n = model["node"]
