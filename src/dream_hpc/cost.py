@@ -11,8 +11,34 @@ The other stages come from /work/shared/notes/offline-references.md (2 cores, jw
 - detector1 on NRCB1 FULL, MEDIUM8 x9 with a readout-matched dark: 16-19 s wall (user+sys ~19 s),
   2.5 GiB peak set by jump (~16x the ramp); a 130-frame dark doubled the peak (5.2 GiB).
 - image2 on FULL: 8-10 s (user+sys ~10 s), 1.09 GiB.
-- image3: ~7 s + ~10 s and ~135 MiB per full-frame input (2 inputs 27 s / 1.32 GiB, 4 inputs
-  47 s / 1.6 GiB); resample also holds the output mosaic (~20 bytes per output pixel).
+- image3: the IMG3_* constants, fitted to the runs listed beside them.
+
+Image3 (jwst 3.0.0 through `dream_hpc.mosaic.run_mosaic`, measured with bench/bench_image3_cost.py on
+2 shared cores: CPU seconds of the stage with jwst imported, peak RSS of the process; one detector per
+filter, so every input is its own exposure group; per-step CPU s tweakreg/skymatch/outlier/resample/
+source_catalog where measured):
+  demo (config/demo.yaml, SUB400P, 600 stars/arcmin^2, 2x2 tiles x 3 dithers), N inputs -> CPU s, MB:
+    F150W (~20 sources found per input):  N=1 2.3 s 351;  4: 5.9 s 369;  8: 11.6 s 464;  12: 21.5 s 472
+    F277W (~90 sources per input):        N=1 2.5 s 356;  4: 7.7 s 371;  8: 19.7 s 422;  12: 42.5 s 435
+  FULL, 100 stars/arcmin^2, 2 tiles x 3 dithers, jwst's default tweakreg parameters:
+    F150W N=1 12.7 s 1099;  N=3 40.4 s 1448;  N=6 78.5 s 2013 (17.5/3.0/29.6/21.9/2.6)
+    F277W N=2 29.9 s 1327;  N=6 86.1 s 1939 (18.7/3.3/33.3/23.7/3.8)
+  SUB400P F150W grids (600 stars/arcmin^2): 4x4 tiles x 3 dithers, N=12/24/48: 21.8/74.2/234.4 s,
+    476/662/1273 MB (N=48: 178.8/22.4/21.0/7.6/1.4); 8x8 tiles x 2 dithers, N=64/128: 127.8/367.5 s,
+    2347/6326 MB (N=128: 146.8/61.1/112.9/34.8/5.3).
+What grows how (read in tweakwcs 0.9.3, stcal, jwst 3.0 and confirmed by those numbers):
+- tweakreg and skymatch test the sky footprints of every pair of inputs for overlap (spherical_geometry:
+  ~0.1 s per overlapping pair, ~5 ms per disjoint one; the runs made ~2 N^2 such tests). Up to 50
+  images tweakreg also unions all footprints exactly for the absolute fit (~O(N^2), 48 inputs took
+  longer than 64); above 50 it takes a convex hull. The model keeps that term at its 50-input value,
+  so the cost never drops with more inputs.
+- outlier_detection drizzles every exposure group onto the whole mosaic frame and takes the median of
+  the (groups, ny, nx) float32 stack, held in memory (Image3's default): CPU and 4 bytes per group
+  and mosaic pixel. The 8x8 grid's outlier step fits 1.0e-6 s per input pixel + 8.3e-8 s per layer pixel.
+- resample, source finding and source_catalog go with the input and mosaic pixels.
+- Source density: at the same inputs the demo's F277W (4x the sources found) cost up to 2x F150W.
+All points lie within IMG3_FIT_TOLERANCE of the model (the worst: demo F277W N=12 at 1.7x, 64
+inputs on the 8x8 grid at 0.56x, just above the exact-union limit).
 """
 
 from __future__ import annotations
@@ -35,9 +61,16 @@ DET1_FIXED_S, DET1_PER_PIXGROUP_S = 4.0, 3.9e-7  # pixel-groups = pixels x ngrou
 DET1_FIXED_MB, DET1_PER_PIXGROUP_MB = 260.0, 6.8e-5  # jump: ~17x the float32 ramp
 IMG2_FIXED_S, IMG2_PER_PIX_S = 3.5, 1.55e-6
 IMG2_FIXED_MB, IMG2_PER_PIX_MB = 260.0, 2.0e-4  # ~200 bytes per pixel
-IMG3_FIXED_S, IMG3_PER_INPUT_PIX_S = 7.0, 2.4e-6  # ~10 s per full-frame input
-IMG3_FIXED_MB, IMG3_PER_INPUT_PIX_MB = 1050.0, 3.4e-5  # ~135 MiB per full-frame input
-IMG3_PER_OUTPUT_PIX_MB = 2.0e-5  # sci, err, wht, con, var planes of the drizzled mosaic
+IMG3_FIXED_S, IMG3_PER_INPUT_S = 0.84, 1.05  # per input: source finding set-up, WCS corrector, models
+IMG3_PER_INPUT_PIX_S = 2.8e-6  # tweakreg's source finding, drizzling each input twice (outlier, resample)
+IMG3_PER_LAYER_PIX_S = 8.3e-8  # outlier_detection: one mosaic-sized layer per exposure group, then the median
+IMG3_PER_PAIR_S = 0.012  # footprint overlap tests, per (input, other group) pair: ~2 tests of 5 ms-0.1 s
+IMG3_PER_EXACT_PAIR_S, IMG3_EXACT_UNION_MAX = 0.0685, 50  # tweakreg's exact footprint union, <= 50 images
+IMG3_FIXED_MB, IMG3_PER_INPUT_PIX_MB = 318.0, 1.27e-5  # jwst imported (a worker with Mirage starts higher)
+IMG3_PER_OUTPUT_PIX_MB = 1.73e-4  # mosaic planes, segmentation and background maps (~180 bytes per pixel)
+IMG3_PER_LAYER_PIX_MB = 4.0 / 2**20  # the float32 median stack: 4 bytes per group and mosaic pixel
+IMG3_MOSAIC_PER_INPUT_PIXEL = 0.35  # i2d pixels per input pixel (demo 0.34, FULL 0.33, cosmos-web plan 0.37)
+IMG3_FIT_TOLERANCE = 1.8  # every measured run lies within this factor of the model (CPU and memory)
 PIXEL_SCALE = {"SHORT": 0.031, "LONG": 0.063}  # arcsec, native (Image3 default output scale)
 
 
@@ -87,10 +120,26 @@ def annotate(units: list[WorkUnit]) -> None:
         u.est_mem_mb = round(max(c.mem_mb for c in costs.values()), 0)
 
 
-def image3_cost(n_inputs: int, input_pixels: int, output_pixels: float) -> StageCost:
-    """One Image3 over `n_inputs` cal files totalling `input_pixels`, drizzled onto `output_pixels`."""
-    return StageCost(IMG3_FIXED_S + IMG3_PER_INPUT_PIX_S * input_pixels,
-                     IMG3_FIXED_MB + IMG3_PER_INPUT_PIX_MB * input_pixels + IMG3_PER_OUTPUT_PIX_MB * output_pixels)
+def image3_cost(n_inputs: int, input_pixels: int, output_pixels: float, n_groups: int | None = None) -> StageCost:
+    """One Image3 over `n_inputs` cal files totalling `input_pixels`, drizzled onto `output_pixels`.
+
+    `output_pixels` <= 0 means unknown: IMG3_MOSAIC_PER_INPUT_PIXEL x `input_pixels` is assumed.
+    `n_groups` is the number of exposures (jwst groups all detectors of one exposure): outlier
+    detection stacks one layer per group, tweakreg aligns groups. Default: one input per exposure,
+    as in a one-detector-per-filter survey; with several detectors per exposure pass it, else the
+    stack and pair terms are overestimated by up to the detectors per exposure.
+    """
+    n = max(int(n_inputs), 0)
+    groups = n if n_groups is None else min(max(int(n_groups), 1), n)
+    mosaic = output_pixels if output_pixels > 0 else IMG3_MOSAIC_PER_INPUT_PIXEL * input_pixels
+    layers = groups * mosaic  # pixels of the median stack
+    pairs = n * max(groups - 1, 0) / 2.0  # each input's footprint against every other group's
+    exact = min(n, IMG3_EXACT_UNION_MAX)
+    cpu = (IMG3_FIXED_S + IMG3_PER_INPUT_S * n + IMG3_PER_INPUT_PIX_S * input_pixels + IMG3_PER_LAYER_PIX_S * layers
+           + IMG3_PER_PAIR_S * pairs + IMG3_PER_EXACT_PAIR_S * exact * (exact - 1) / 2.0)
+    mem = (IMG3_FIXED_MB + IMG3_PER_INPUT_PIX_MB * input_pixels + IMG3_PER_OUTPUT_PIX_MB * mosaic
+           + IMG3_PER_LAYER_PIX_MB * layers)
+    return StageCost(cpu, mem)
 
 
 def ranks_per_node(peak_unit_mb: float, node_mem_gb: float, node_cores: int, reserve: float = 0.15) -> int:
