@@ -142,6 +142,12 @@ def image3_cost(n_inputs: int, input_pixels: int, output_pixels: float, n_groups
     return StageCost(cpu, mem)
 
 
+def exposure_groups(units: list[WorkUnit]) -> int:
+    """Exposures among `units`: jwst's group_id joins the detectors of one exposure (image3's `n_groups`)."""
+    return len({(u.program, u.observation, u.visit, u.visit_group, u.sequence, u.activity, u.exposure)
+                for u in units})
+
+
 def ranks_per_node(peak_unit_mb: float, node_mem_gb: float, node_cores: int, reserve: float = 0.15) -> int:
     """How many single-threaded ranks fit on a node: cores, or memory (keeping `reserve` for the OS)."""
     by_memory = math.floor(node_mem_gb * GiB * (1.0 - reserve) / max(peak_unit_mb, 1.0))

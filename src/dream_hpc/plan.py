@@ -285,14 +285,15 @@ def summarize(cfg: SurveyConfig, units: list[WorkUnit], node_mem_gb: float = 24.
             peak[stage] = max(peak[stage], c.mem_mb)
         pixels += npix
         reads += npix * u.ngroups * u.nints
-        f = by_filter.setdefault(u.filter, {"inputs": 0, "input_pixels": 0, "channel": u.channel})
+        f = by_filter.setdefault(u.filter, {"inputs": 0, "input_pixels": 0, "channel": u.channel, "units": []})
         f["inputs"] += 1
         f["input_pixels"] += npix
+        f["units"].append(u)
     area = footprint_area_arcsec2(units)
     image3 = {}
     for filt, f in sorted(by_filter.items()):
         out_pix = area.get(f["channel"], 0.0) / cost.PIXEL_SCALE[f["channel"]] ** 2
-        c = cost.image3_cost(f["inputs"], f["input_pixels"], out_pix)
+        c = cost.image3_cost(f["inputs"], f["input_pixels"], out_pix, cost.exposure_groups(f["units"]))
         image3[filt] = {"inputs": f["inputs"], "output_pixels": int(out_pix), "cpu_s": round(c.cpu_s, 1),
                         "mem_mb": round(c.mem_mb)}
     peak_unit = max(peak.values()) if units else 0.0
