@@ -127,7 +127,7 @@ def test_cost_scales_with_pixels_and_groups(tmp_path: Path) -> None:
         assert 0 < a.est_mem_mb < c.est_mem_mb
     s = plan.summarize(load_config(DEMO), small, node_mem_gb=24, node_cores=2)
     assert s["units"] == len(small) and set(s["image3"]) == {"F150W", "F277W"}
-    assert s["cpu_hours"]["total"] == pytest.approx(sum(u.est_cpu_s for u in small) / 3600, rel=0.01)
+    assert s["cpu_hours"]["total"] == pytest.approx(sum(u.est_cpu_s for u in small) / 3600, abs=5e-4)  # 3 decimals
     assert s["node"]["ranks_per_node"] == 2
 
 

@@ -12,6 +12,14 @@ The other stages come from /work/shared/notes/offline-references.md (2 cores, jw
   2.5 GiB peak set by jump (~16x the ramp); a 130-frame dark doubled the peak (5.2 GiB).
 - image2 on FULL: 8-10 s (user+sys ~10 s), 1.09 GiB.
 - image3: the IMG3_* constants, fitted to the runs listed beside them.
+Refitted after the worker and chain speed-ups (long-lived worker with jwst/Mirage imported once, heap
+frozen before each pipeline, dark_prep reused per readout), from the journals of `dream-hpc run`
+(CPU s and peak RSS per stage; the worker's ~450 MB of imports are inside every peak), MEDIUM8 x4:
+  SUB400P (demo, 24 units; 4x4x3 grid, 48; 8x8x2 grid, 128): simulate 1.4-1.75 s (first unit of a
+  readout ~7 s: it prepares the dark), 0.6-1.0 GB (first unit 2.3-2.5 GB); detector1 0.84-0.99 s,
+  0.5-1.3 GB; image2 0.31-0.35 s, 0.45-1.3 GB (the worker grows slowly over 100+ units).
+  FULL (6 units, wall under load 3-6): simulate 32 s (SW) / 68 s (LW); detector1 6.9-10.7 s;
+  image2 1.1-1.5 s.
 
 Image3 (jwst 3.0.0 through `dream_hpc.mosaic.run_mosaic`, measured with bench/bench_image3_cost.py on
 2 shared cores: CPU seconds of the stage with jwst imported, peak RSS of the process; one detector per
@@ -53,14 +61,14 @@ GiB = 1024.0  # MB per GiB
 FULL_PIXELS = 2048 * 2048
 
 # (cpu seconds, MB) = fixed + per-item; items are named beside each constant
-SIM_FIXED_S, SIM_PER_PIXGROUP_S = 3.0, 1.5e-6  # pixel-groups = pixels x ngroups x nints
+SIM_FIXED_S, SIM_PER_PIXGROUP_S = 0.5, 1.5e-6  # pixel-groups = pixels x ngroups x nints
 SIM_PER_GALAXY_S, GALAXIES_PER_ARCMIN2 = 0.006, 350.0  # Sersic stamps; DREaM-like density to AB ~28.5
-SIM_FIXED_MB, SIM_PER_DARKFRAME_MB = 550.0, 33.5  # imports + one FULL float64 dark frame per frame read
+SIM_FIXED_MB, SIM_PER_DARKFRAME_MB = 1000.0, 33.5  # imports + one FULL float64 dark frame per frame read
 SIM_PER_PIXGROUP_MB = 1.4e-4  # ~17 float64 copies of the group ramp
-DET1_FIXED_S, DET1_PER_PIXGROUP_S = 4.0, 3.9e-7  # pixel-groups = pixels x ngroups x nints
-DET1_FIXED_MB, DET1_PER_PIXGROUP_MB = 260.0, 6.8e-5  # jump: ~17x the float32 ramp
-IMG2_FIXED_S, IMG2_PER_PIX_S = 3.5, 1.55e-6
-IMG2_FIXED_MB, IMG2_PER_PIX_MB = 260.0, 2.0e-4  # ~200 bytes per pixel
+DET1_FIXED_S, DET1_PER_PIXGROUP_S = 0.65, 3.9e-7  # pixel-groups = pixels x ngroups x nints
+DET1_FIXED_MB, DET1_PER_PIXGROUP_MB = 500.0, 6.8e-5  # worker imports + jump: ~17x the float32 ramp
+IMG2_FIXED_S, IMG2_PER_PIX_S = 0.3, 2.4e-7
+IMG2_FIXED_MB, IMG2_PER_PIX_MB = 450.0, 2.0e-4  # worker imports + ~200 bytes per pixel
 IMG3_FIXED_S, IMG3_PER_INPUT_S = 0.84, 1.05  # per input: source finding set-up, WCS corrector, models
 IMG3_PER_INPUT_PIX_S = 2.8e-6  # tweakreg's source finding, drizzling each input twice (outlier, resample)
 IMG3_PER_LAYER_PIX_S = 8.3e-8  # outlier_detection: one mosaic-sized layer per exposure group, then the median
