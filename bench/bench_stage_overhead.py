@@ -26,16 +26,14 @@ of a long run costs.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import importlib
 import logging
-import os
 import shutil
 import sys
 import tempfile
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -129,27 +127,6 @@ def install(meter: Meter) -> None:
             setattr(owner, name, meter.wrap(original, label))
 
 
-@contextlib.contextmanager
-def output_to(path: Path) -> Iterator[None]:
-    """fd 1 and 2 to `path` (Mirage and jwst print and log there), as a worker does for a unit."""
-    sys.stdout.flush()
-    sys.stderr.flush()
-    saved = os.dup(1), os.dup(2)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-    os.dup2(fd, 1)
-    os.dup2(fd, 2)
-    os.close(fd)
-    try:
-        yield
-    finally:
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os.dup2(saved[0], 1)
-        os.dup2(saved[1], 2)
-        os.close(saved[0])
-        os.close(saved[1])
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--config", default=str(ROOT / "config" / "demo.yaml"))
@@ -187,6 +164,7 @@ def main() -> int:
 
     from dream_hpc.rundir import RunDir
     from dream_hpc.stages import STAGES, StageContext, run_stage
+    from dream_hpc.worker import output_to
 
     shutil.rmtree(work / "run", ignore_errors=True)
     run = RunDir.create(work / "run")
@@ -201,7 +179,7 @@ def main() -> int:
         group = "warm-up" if i < args.warmup else "measured"
         for stage in STAGES:
             meter.reset()
-            with output_to(log_path):
+            with output_to(log_path):  # as a worker does for a unit
                 t0, c0 = time.perf_counter(), time.process_time()
                 run_stage(stage, unit, ctx)
                 wall, cpu = time.perf_counter() - t0, time.process_time() - c0

@@ -89,7 +89,7 @@ def _die_with_parent() -> None:
 
 
 @contextlib.contextmanager
-def _output_to(log_path: Path):
+def output_to(log_path: Path):
     """Send everything written to fd 1 and 2 (Python, C, Mirage prints, jwst logs) to `log_path`."""
     sys.stdout.flush()
     sys.stderr.flush()
@@ -238,7 +238,7 @@ class _Worker:
 
         run_stage, run_mosaic = self._stage_runner()
         ctx = self._context()
-        with _output_to(Path(msg["log"])):
+        with output_to(Path(msg["log"])):
             print(f"==== dream-hpc {msg['op']} {msg.get('key')} on {os.uname().nodename} pid {os.getpid()} "
                   f"at {time.strftime('%Y-%m-%d %H:%M:%S')}", flush=True)
             if msg["op"] == "unit":
