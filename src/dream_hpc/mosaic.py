@@ -308,7 +308,7 @@ def run_mosaic(filter: str, units: Sequence[WorkUnit], ctx: StageContext) -> Sta
 # --- `dream-hpc mosaic` ----------------------------------------------------------------------
 def _cmd_mosaic(args: argparse.Namespace) -> int:
     """The engine with units verified, not computed (engine.execute compute_units=False), then the report."""
-    from dream_hpc import engine, report, survey
+    from dream_hpc import engine, report
     from dream_hpc.cli import UserError
     from dream_hpc.status import read_run
 
@@ -328,7 +328,7 @@ def _cmd_mosaic(args: argparse.Namespace) -> int:
     finally:
         if args.quiet:
             stream.close()
-    cfg = survey.prepare_report(args.config)
+    cfg = report.offline_config(args.config)
     run = RunDir(root)
     with run.lock("mosaic report"):
         summary = report.finish(cfg, run, time.monotonic() - t0, filters)

@@ -92,25 +92,13 @@ def run_survey(config_path: str | Path, out: str | Path, quiet: bool = False) ->
             stream.close()
     if code == engine.EXIT_STOPPED:
         return code, None
-    cfg = prepare_report(config_path)
+    cfg = report.offline_config(config_path)
     run = RunDir(Path(out).resolve())
     with run.lock("survey report"):
         summary = report.finish(cfg, run, time.monotonic() - t0)
     if not quiet:
         print(report.format_summary(summary))
     return (code if code else 0 if report.ok(summary) else 1), summary
-
-
-def prepare_report(config_path: str | Path) -> SurveyConfig:
-    """The config, with this process offline (the science check reads the kit and the catalog only)."""
-    from dream_hpc import offline
-
-    cfg = load_config(config_path)
-    refs = cfg.references
-    offline.configure(cfg.resolve(refs.crds_path), refs.context, cfg.resolve(refs.mirage_data), readonly=True,
-                      threads=1)
-    offline.forbid_network()
-    return cfg
 
 
 # --- CLI -------------------------------------------------------------------------------------
