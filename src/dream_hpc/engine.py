@@ -452,33 +452,17 @@ def _stage_module() -> Any | None:
     return importlib.import_module(name)
 
 
-def check_inputs(cfg: SurveyConfig) -> None:
-    """What every unit needs, checked once before any compute (one line each, naming the fix)."""
-    from dream_hpc import offline
-
-    for what, key in (("CRDS cache", "crds_path"), ("MIRAGE_DATA", "mirage_data")):
-        path = cfg.resolve(getattr(cfg.references, key))
-        if not path.is_dir():
-            raise UserError(f"references.{key}: {what} {path} does not exist (build the reference kit with "
-                            "`make kit`, or point the config at one)")
-    # The reference checks below read the CRDS cache: serverless and read-only, like the workers.
-    # (No forbid_network here: MPI between nodes needs this process's sockets.)
-    refs = cfg.references
-    offline.configure(cfg.resolve(refs.crds_path), refs.context, cfg.resolve(refs.mirage_data))
-    # Step overrides are validated by each worker once jwst is imported there (worker.py): importing
-    # jwst here too would delay every rank's first unit by seconds.
-
-
 def plan_units(cfg: SurveyConfig) -> list[WorkUnit]:
     """The work units (and, with the real chain, the catalog checked against their footprint)."""
     dev = _stage_module()
     if dev is not None and hasattr(dev, "make_plan"):
         return dev.make_plan(cfg)
-    check_inputs(cfg)
-    from dream_hpc.survey import plan_and_check
+    from dream_hpc.survey import check_inputs, plan_and_check
 
-    # The pipelines' references are checked by each worker at start-up (worker.py): listing their
-    # types imports jwst, which would delay every rank's first unit by seconds here.
+    check_inputs(cfg)
+    # Step overrides and the pipelines' references are checked by each worker at start-up
+    # (worker.py), where jwst is imported anyway: importing it here would delay every rank's first
+    # unit by seconds.
     units, _ = plan_and_check(cfg, pipelines=False)
     return units
 

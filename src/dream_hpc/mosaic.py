@@ -308,7 +308,7 @@ def run_mosaic(filter: str, units: Sequence[WorkUnit], ctx: StageContext) -> Sta
 # --- `dream-hpc mosaic` ----------------------------------------------------------------------
 def _cmd_mosaic(args: argparse.Namespace) -> int:
     """The engine with units verified, not computed (engine.execute compute_units=False), then the report."""
-    from dream_hpc import engine, report
+    from dream_hpc import engine, report, survey
     from dream_hpc.cli import UserError
     from dream_hpc.status import read_run
 
@@ -318,8 +318,7 @@ def _cmd_mosaic(args: argparse.Namespace) -> int:
         raise UserError(f"{root}: not a run directory (no exposures/); give the --out of a `dream-hpc survey` "
                         "or `dream-hpc run`")
     filters = {args.filter.upper()} if args.filter else None
-    finished = [u for uid, u in read_run(RunDir(root)).units.items() if u.status == "done"]
-    if not finished:
+    if not any(u.status == "done" for u in read_run(RunDir(root)).units.values()):
         raise UserError(f"{root}: no finished exposures for this run (run `dream-hpc run {args.config} --out "
                         f"{args.out} --no-mosaic` or `dream-hpc survey` first)")
     stream = open(os.devnull, "w") if args.quiet else sys.stderr  # noqa: SIM115 (closed below)
@@ -328,7 +327,7 @@ def _cmd_mosaic(args: argparse.Namespace) -> int:
     finally:
         if args.quiet:
             stream.close()
-    cfg = report.offline_config(args.config)
+    cfg = survey.prepare(args.config, validate_overrides=False)
     run = RunDir(root)
     with run.lock("mosaic report"):
         summary = report.finish(cfg, run, time.monotonic() - t0, filters)

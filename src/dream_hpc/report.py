@@ -19,19 +19,6 @@ from dream_hpc.stages import STAGES
 from dream_hpc.status import RunView, fmt_duration, read_run
 
 
-def offline_config(config_path: str | Path) -> SurveyConfig:
-    """The config, with this process offline (the science check reads the kit and the catalog only)."""
-    from dream_hpc import offline
-    from dream_hpc.config import load_config
-
-    cfg = load_config(config_path)
-    refs = cfg.references
-    offline.configure(cfg.resolve(refs.crds_path), refs.context, cfg.resolve(refs.mirage_data), readonly=True,
-                      threads=1)
-    offline.forbid_network()
-    return cfg
-
-
 def science_checks(cfg: SurveyConfig, run: RunDir, view: RunView, filters: set[str] | None = None) -> dict[str, Any]:
     """Filter -> summary entry of its mosaic: products, tweakreg outcome and the science check
     (match to the input catalog, with a figure); or {"error": ...} when the mosaic was not made."""

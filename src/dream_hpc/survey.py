@@ -22,23 +22,34 @@ from dream_hpc.workunit import WorkUnit
 
 
 # --- before any compute ----------------------------------------------------------------------
-def prepare(config_path: str | Path) -> SurveyConfig:
-    """Load and validate the config, then make this process offline: CRDS serverless read-only,
-    MIRAGE_DATA, one BLAS thread, no sockets. Must run before crds/jwst/mirage are imported."""
+def check_inputs(cfg: SurveyConfig) -> None:
+    """The reference directories exist (one line naming the fix), and this process reads them as a
+    run does: CRDS serverless and read-only, MIRAGE_DATA, one BLAS thread. Sockets stay open (MPI
+    between nodes needs them); `prepare` closes them where nothing else runs."""
     from dream_hpc import offline
 
-    cfg = load_config(config_path)
-    crds_path = cfg.resolve(cfg.references.crds_path)
-    mirage_data = cfg.resolve(cfg.references.mirage_data)
-    for what, path, key in (("CRDS cache", crds_path, "crds_path"), ("MIRAGE_DATA", mirage_data, "mirage_data")):
+    refs = cfg.references
+    for what, key in (("CRDS cache", "crds_path"), ("MIRAGE_DATA", "mirage_data")):
+        path = cfg.resolve(getattr(refs, key))
         if not path.is_dir():
             raise UserError(f"references.{key}: {what} {path} does not exist (build the reference kit with "
                             "`make kit`, or point the config at one)")
-    offline.configure(crds_path, cfg.references.context, mirage_data, readonly=True, threads=1)
-    offline.forbid_network()
-    from dream_hpc.params import validate_step_overrides
+    offline.configure(cfg.resolve(refs.crds_path), refs.context, cfg.resolve(refs.mirage_data))
 
-    validate_step_overrides(cfg)
+
+def prepare(config_path: str | Path, validate_overrides: bool = True) -> SurveyConfig:
+    """Load the config and make this process offline (`check_inputs`, then no sockets); must run
+    before crds/jwst/mirage are imported. `validate_overrides` checks the step overrides against
+    jwst (importing it: seconds), which code that runs no pipeline (the report) skips."""
+    from dream_hpc import offline
+
+    cfg = load_config(config_path)
+    check_inputs(cfg)
+    offline.forbid_network()
+    if validate_overrides:
+        from dream_hpc.params import validate_step_overrides
+
+        validate_step_overrides(cfg)
     return cfg
 
 
@@ -92,7 +103,7 @@ def run_survey(config_path: str | Path, out: str | Path, quiet: bool = False) ->
             stream.close()
     if code == engine.EXIT_STOPPED:
         return code, None
-    cfg = report.offline_config(config_path)
+    cfg = prepare(config_path, validate_overrides=False)
     run = RunDir(Path(out).resolve())
     with run.lock("survey report"):
         summary = report.finish(cfg, run, time.monotonic() - t0)
