@@ -45,20 +45,22 @@ def main() -> int:
     config = work / "bench.yaml"
     config.write_text(yaml.safe_dump(cfg_dict, sort_keys=False))
 
-    from dream_hpc import catalog_synth, plan, survey
+    from dream_hpc.catalog import synth as catalog_synth
+    from dream_hpc.plan import pointings
+    from dream_hpc.stages import preflight
 
-    cfg = survey.prepare(config)  # offline before crds/jwst/mirage are imported
-    units = plan.make_plan(cfg)
+    cfg = preflight.load_offline(config)  # offline before crds/jwst/mirage are imported
+    units = pointings.make_plan(cfg)
     catalog_synth.write_table(catalog_synth.synthesize(cfg, units), work / "catalog.ecsv", cfg)
-    cfg = survey.prepare(config)
+    cfg = preflight.load_offline(config)
     unit = units[0]
 
     import numpy as np
     from astropy.io import fits
 
-    from dream_hpc import calibrate, simulate
-    from dream_hpc.rundir import RunDir
-    from dream_hpc.stages import StageContext
+    from dream_hpc.core.rundir import RunDir
+    from dream_hpc.stages import calibrate, simulate
+    from dream_hpc.stages.contract import StageContext
 
     def fresh_run(name: str) -> tuple[RunDir, StageContext]:
         run = RunDir.create(work / name)

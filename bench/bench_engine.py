@@ -63,12 +63,12 @@ def prepare(config: Path, kit: Path, work: Path) -> Path:
 # --- (a) the seed notes' loop ------------------------------------------------------------------
 def _simulate_one(config: str, run: str, unit_id: str) -> int:
     """One Mirage process for one unit (what a user's per-exposure script does)."""
-    from dream_hpc import offline
     from dream_hpc.config import load_config
-    from dream_hpc.plan import make_plan
-    from dream_hpc.rundir import RunDir
-    from dream_hpc.simulate import simulate_unit
-    from dream_hpc.stages import StageContext
+    from dream_hpc.core import offline
+    from dream_hpc.core.rundir import RunDir
+    from dream_hpc.plan.pointings import make_plan
+    from dream_hpc.stages.contract import StageContext
+    from dream_hpc.stages.simulate import simulate_unit
 
     cfg = load_config(config)
     refs = cfg.references
@@ -81,10 +81,10 @@ def _simulate_one(config: str, run: str, unit_id: str) -> int:
 def _write_asn(config: str, run: str, filt: str) -> int:
     """The association (and local astrometric catalog) a user writes before `strun calwebb_image3`."""
     from dream_hpc.config import load_config
-    from dream_hpc.mosaic import association, write_reference_catalog
-    from dream_hpc.plan import make_plan
-    from dream_hpc.rundir import RunDir
-    from dream_hpc.stages import product_path
+    from dream_hpc.core.rundir import RunDir
+    from dream_hpc.plan.pointings import make_plan
+    from dream_hpc.stages.contract import product_path
+    from dream_hpc.stages.image3 import association, write_reference_catalog
 
     cfg = load_config(config)
     r = RunDir.create(run)
@@ -100,9 +100,9 @@ def _step_args(overrides: dict[str, dict[str, Any]]) -> list[str]:
 
 
 def strun_loop(config: Path, run: Path) -> float:
-    from dream_hpc import offline
     from dream_hpc.config import load_config
-    from dream_hpc.plan import make_plan
+    from dream_hpc.core import offline
+    from dream_hpc.plan.pointings import make_plan
 
     cfg = load_config(config)
     refs = cfg.references
@@ -178,13 +178,13 @@ def journal_figures(run: Path, wall: float, t_launch: float) -> dict[str, float]
     of the whole run (timeline, run_end, exit), for every rank; idle = a rank with nothing left to do
     while others still compute (load balance: see the makespan ratio), excluded from the overhead.
     """
-    from dream_hpc.journal import journal_files, read_file
+    from dream_hpc.core.journal import journal_files, read_file
 
     stage_s = step_s = startup = between = idle = 0.0
     tasks: dict[str, float] = {}
     spans: list[tuple[float, float, float]] = []  # per rank: first start, last end, stage seconds
     for f in journal_files(run / "journal"):
-        recs, _ = read_file(f)
+        recs = read_file(f).records
         first, last, mine = float("inf"), 0.0, 0.0
         for r in recs:
             if r["kind"] not in ("stage_done", "mosaic_done"):

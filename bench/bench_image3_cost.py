@@ -64,13 +64,14 @@ def child(config: str, run_root: str, scratch: str, filt: str, unit_ids: list[st
     """One Image3 in this process (a fresh one): the facts the model is fitted to, as a dict."""
     import logging
 
-    from dream_hpc import cost, survey
-    from dream_hpc.mosaic import run_mosaic
-    from dream_hpc.plan import make_plan
-    from dream_hpc.rundir import RunDir
-    from dream_hpc.stages import StageContext, product_path
+    from dream_hpc.core.rundir import RunDir
+    from dream_hpc.plan import cost
+    from dream_hpc.plan.pointings import make_plan
+    from dream_hpc.stages import preflight
+    from dream_hpc.stages.contract import StageContext, product_path
+    from dream_hpc.stages.image3 import run_mosaic
 
-    cfg = survey.prepare(config)
+    cfg = preflight.load_offline(config)
     t0 = time.perf_counter()
     import jwst.pipeline  # noqa: F401  (an engine rank has it imported already)
     import_s = time.perf_counter() - t0
@@ -124,7 +125,7 @@ def measure(config: Path, run_root: Path, scratch: Path, filt: str, unit_ids: li
 
 
 def with_model(m: dict[str, Any]) -> dict[str, Any]:
-    from dream_hpc import cost
+    from dream_hpc.plan import cost
 
     c = cost.image3_cost(m["n_inputs"], m["input_pixels"], m["output_pixels"])
     return {**m, "model_cpu_s": c.cpu_s, "model_mem_mb": c.mem_mb,
@@ -160,10 +161,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", help="also write the measurements here")
     args = ap.parse_args(argv)
 
-    from dream_hpc import survey
-    from dream_hpc.plan import make_plan
-    from dream_hpc.rundir import RunDir
-    from dream_hpc.stages import product_path
+    from dream_hpc.core.rundir import RunDir
+    from dream_hpc.plan.pointings import make_plan
+    from dream_hpc.stages import preflight
+    from dream_hpc.stages.contract import product_path
 
     config, run_root = Path(args.config).resolve(), Path(args.run).resolve()
     if not (run_root / "exposures").is_dir():
@@ -171,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     run = RunDir(run_root)
     by_filter: dict[str, list[Any]] = {}
-    for u in make_plan(survey.prepare(config)):  # products are written atomically: present = finished
+    for u in make_plan(preflight.load_offline(config)):  # products are written atomically: present = finished
         if product_path(run, u, "image2").is_file():
             by_filter.setdefault(u.filter.upper(), []).append(u)
     filters = [f.upper() for f in args.filters] if args.filters else sorted(by_filter)

@@ -45,26 +45,25 @@ ROOT = Path(__file__).resolve().parents[1]
 # exclusive (an inner label's time is not counted again in the outer one). Probes whose target does
 # not exist in the code measured are skipped, so the same script measures older versions too.
 PROBES = [
-    ("dream_hpc.calibrate", "_check_input", "check input FITS"),
-    ("dream_hpc.calibrate", "settle_heap", "settle heap (gc)"),
-    ("dream_hpc.calibrate", "build_pipeline", "build pipeline (pars-* refs)"),
+    ("dream_hpc.stages.calibrate", "_check_input", "check input FITS"),
+    ("dream_hpc.stages.calibrate", "settle_heap", "settle heap (gc)"),
+    ("dream_hpc.stages.calibrate", "build_pipeline", "build pipeline (pars-* refs)"),
     ("stpipe.pipeline", "Pipeline.get_pars", "get_pars (record + jwst log)"),
     ("jwst.stpipe.core", "JwstStep.prepare_output", "jwst: open input"),
     ("stpipe.step", "Step.prefetch", "jwst: prefetch refs"),
-    ("dream_hpc.calibrate", "save_product", "save product"),
-    ("dream_hpc.calibrate", "references_used", "refs used"),
-    ("dream_hpc.calibrate", "sha256_file", "sha256 of files"),
-    ("dream_hpc.calibrate", "run_pipeline", "jwst: pipeline other"),
-    ("dream_hpc.catalog", "load_catalog", "catalog read"),
-    ("dream_hpc.catalog", "select_for_unit", "catalog cut"),
-    ("dream_hpc.catalog", "write_mirage_catalogs", "write Mirage lists"),
-    ("dream_hpc.simulate", "mirage_references", "CRDS lookup"),
+    ("dream_hpc.stages.calibrate", "save_product", "save product"),
+    ("dream_hpc.stages.calibrate", "references_used", "refs used"),
+    ("dream_hpc.core.digests", "sha256_file", "sha256 of files"),
+    ("dream_hpc.stages.calibrate", "run_pipeline", "jwst: pipeline other"),
+    ("dream_hpc.catalog.reader", "load_catalog", "catalog read"),
+    ("dream_hpc.catalog.reader", "select_for_unit", "catalog cut"),
+    ("dream_hpc.catalog.reader", "write_mirage_catalogs", "write Mirage lists"),
+    ("dream_hpc.stages.mirage_inputs", "mirage_references", "CRDS lookup"),
     ("dream_hpc.refkit", "mirage_paths", "kit paths"),
-    ("dream_hpc.simulate", "mirage_params", "Mirage yaml"),
-    ("dream_hpc.simulate", "dark_cache_path", "dark cache key"),
-    ("dream_hpc.simulate", "sha256_file", "sha256 of files"),
-    ("dream_hpc.simulate", "file_sha256", "sha256 of files"),
-    ("dream_hpc.simulate", "_count_rows", "count sources"),
+    ("dream_hpc.stages.mirage_inputs", "mirage_params", "Mirage yaml"),
+    ("dream_hpc.stages.mirage_inputs", "dark_cache_path", "dark cache key"),
+    ("dream_hpc.core.digests", "file_sha256", "sha256 of files"),
+    ("dream_hpc.stages.simulate", "_count_rows", "count sources"),
     ("mirage.imaging_simulator", "ImgSim.create", "Mirage: between phases"),
 ]
 
@@ -145,13 +144,15 @@ def main() -> int:
     config = work / "bench.yaml"
     config.write_text(yaml.safe_dump(cfg_dict, sort_keys=False))
 
-    from dream_hpc import catalog_synth, plan, survey
+    from dream_hpc.catalog import synth as catalog_synth
+    from dream_hpc.plan import pointings
+    from dream_hpc.stages import preflight
 
-    cfg = survey.prepare(config)  # offline before crds/jwst/mirage are imported
-    units = plan.make_plan(cfg)
+    cfg = preflight.load_offline(config)  # offline before crds/jwst/mirage are imported
+    units = pointings.make_plan(cfg)
     if not (work / "catalog.ecsv").is_file():
         catalog_synth.write_table(catalog_synth.synthesize(cfg, units), work / "catalog.ecsv", cfg)
-    cfg = survey.prepare(config)
+    cfg = preflight.load_offline(config)
     units = units[:args.warmup + args.units]
 
     # as a worker: INFO records to the unit log, pysiaf quiet, jwst and Mirage imported up front
@@ -159,12 +160,14 @@ def main() -> int:
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s - %(name)s - %(levelname)s - %(message)s")
     logging.getLogger("pysiaf").setLevel(logging.ERROR)
-    for module in ("jwst.pipeline", "mirage.imaging_simulator", "dream_hpc.simulate", "dream_hpc.calibrate"):
+    for module in ("jwst.pipeline", "mirage.imaging_simulator", "dream_hpc.stages.simulate", "dream_hpc.stages.calibrate"):
         importlib.import_module(module)
 
-    from dream_hpc.rundir import RunDir
-    from dream_hpc.stages import STAGES, StageContext, run_stage
-    from dream_hpc.worker import output_to
+    from dream_hpc.core.rundir import RunDir
+    from dream_hpc.core.workunit import STAGES
+    from dream_hpc.engine.worker import output_to
+    from dream_hpc.stages.chain import run_stage
+    from dream_hpc.stages.contract import StageContext
 
     shutil.rmtree(work / "run", ignore_errors=True)
     run = RunDir.create(work / "run")

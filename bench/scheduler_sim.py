@@ -18,7 +18,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from dream_hpc.engine import Task, image3_seconds, replay
+from dream_hpc.engine.scheduler import replay
+from dream_hpc.engine.tasks import Task, image3_seconds
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -45,8 +46,8 @@ def static_split(tasks: list[Task], ranks: int, scatter: float = 0.0, seed: int 
 def plan_tasks(config: Path) -> list[Task]:
     """The config's units as engine tasks, each with its filter's expected Image3 as `tail` (as run does)."""
     from dream_hpc.config import load_config
-    from dream_hpc.engine import mosaic_tails
-    from dream_hpc.plan import make_plan
+    from dream_hpc.engine.tasks import mosaic_tails
+    from dream_hpc.plan.pointings import make_plan
 
     units = make_plan(load_config(config))
     tails = mosaic_tails(units)

@@ -71,7 +71,7 @@ else
 import sys
 from pathlib import Path
 
-from dream_hpc.cache import survey_references
+from dream_hpc.stages.preflight import survey_references
 from dream_hpc.config import load_config
 
 names, _ = survey_references(load_config(sys.argv[1]), Path(sys.argv[2]))

@@ -99,7 +99,7 @@ def run_cli(*args: str, prefix: tuple[str, ...] = (), timeout: float = 600) -> s
 
 def kit_context(kit: Path) -> str:
     """The pinned context of a kit (its server_config's operational context)."""
-    from dream_hpc.integrity import read_server_config
+    from dream_hpc.references.verify import read_server_config
 
     info = read_server_config(kit / "crds_cache") or {}
     return str(info.get("operational_context") or "jwst_0001.pmap")
@@ -108,9 +108,9 @@ def kit_context(kit: Path) -> str:
 TINY_UNCAL = """
 import json, sys
 import numpy as np
-from dream_hpc import offline
-from dream_hpc.cache import header_for_unit
-from dream_hpc.workunit import WorkUnit
+from dream_hpc.core import offline
+from dream_hpc.references.lookup import header_for_unit
+from dream_hpc.core.workunit import WorkUnit
 
 spec, out = json.loads(sys.argv[1]), sys.argv[2]
 unit = WorkUnit(**spec["unit"])
@@ -161,7 +161,7 @@ m.save(out)
 
 def make_tiny_uncal(spec: dict, path: Path, ngroups: int = 4) -> Path:
     """A small but complete NRC_IMAGE uncal (flat ramp plus noise) for one kit combination."""
-    from dream_hpc.workunit import WorkUnit
+    from dream_hpc.core.workunit import WorkUnit
 
     kwargs = unit_kwargs(spec, ngroups=ngroups)
     out = path / WorkUnit(**kwargs).filename("uncal")

@@ -16,10 +16,11 @@ from pathlib import Path
 import numpy as np
 
 from dream_hpc.config import parse_config
-from dream_hpc.journal import JournalWriter
-from dream_hpc.rundir import RunDir, sha256_file
-from dream_hpc.runinfo import collect
-from dream_hpc.stages import STAGES
+from dream_hpc.core.digests import sha256_file
+from dream_hpc.core.journal import JournalWriter
+from dream_hpc.core.rundir import RunDir
+from dream_hpc.core.workunit import STAGES
+from dream_hpc.provenance.facts import collect
 
 CONFIG = """\
 survey:

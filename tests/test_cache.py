@@ -108,11 +108,11 @@ def test_missing_reference_is_named_with_its_fix(kit: Path, tmp_path: Path) -> N
     spec = kit_unit_specs()[0]
     damaged = mirror(kit, tmp_path / "kit")
     code = f"""
-        from dream_hpc import offline
+        from dream_hpc.core import offline
         offline.configure(crds_path={str(damaged / 'crds_cache')!r}, context={kit_context(kit)!r})
         offline.forbid_network()
-        from dream_hpc import cache
-        from dream_hpc.workunit import WorkUnit
+        from dream_hpc.references import lookup as cache
+        from dream_hpc.core.workunit import WorkUnit
         unit = WorkUnit(**{unit_kwargs(spec)!r})
         path = cache.best_references(unit, ["dark"])["dark"]
         path.unlink()
@@ -132,11 +132,11 @@ def test_reference_names_cover_every_exposure(kit: Path) -> None:
     specs = kit_unit_specs()
     code = f"""
         import json
-        from dream_hpc import offline
+        from dream_hpc.core import offline
         offline.configure(crds_path={str(kit / 'crds_cache')!r}, context={kit_context(kit)!r})
         offline.forbid_network()
-        from dream_hpc import cache
-        from dream_hpc.workunit import WorkUnit
+        from dream_hpc.references import lookup as cache
+        from dream_hpc.core.workunit import WorkUnit
         units = [WorkUnit(**kw) for kw in {[unit_kwargs(s) for s in specs]!r}]
         names = cache.reference_names(units)
         per_unit = [sorted(cache.best_references(u).items()) for u in units]

@@ -10,9 +10,13 @@ import pytest
 import yaml
 from astropy.table import Table
 
-from dream_hpc import catalog, catalog_synth, footprint, plan
+from dream_hpc.catalog import reader
+from dream_hpc.catalog import synth as catalog_synth
+from dream_hpc.catalog.selection import select_brute_force, select_for_unit, write_mirage_catalogs
+from dream_hpc.catalog.survey_check import check_catalog
 from dream_hpc.config import load_config
-from dream_hpc.workunit import WorkUnit
+from dream_hpc.core.workunit import WorkUnit
+from dream_hpc.plan import footprint, pointings
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "config" / "demo.yaml"
@@ -55,7 +59,7 @@ def big_mock(tmp_path_factory: pytest.TempPathFactory) -> tuple[Any, Table, list
                  pointings={"rows": 1, "cols": 1, "dither": {"points": 1, "step_arcsec": 0.0, "pattern": "line"}},
                  catalog={"synth": {"mag_limit": 29.0, "margin_arcsec": 60.0, "density_scale": 1.0,
                                     "star_density_arcmin2": 5.0, "star_mag_range": [18.0, 24.0]}})
-    units = plan.make_plan(cfg)
+    units = pointings.make_plan(cfg)
     return cfg, catalog_synth.synthesize(cfg, units), units
 
 
@@ -94,7 +98,7 @@ def test_mock_galaxies_look_like_galaxies(big_mock: tuple) -> None:
 
 def test_mock_is_seeded_by_the_survey_seed(tmp_path: Path) -> None:
     cfg = config(tmp_path, tmp_path / "a.ecsv")
-    units = plan.make_plan(cfg)
+    units = pointings.make_plan(cfg)
     a, b = catalog_synth.synthesize(cfg, units), catalog_synth.synthesize(cfg, units)
     assert len(a) == len(b) and np.array_equal(a["RA"], b["RA"]) and np.array_equal(a["NRC_F150W"], b["NRC_F150W"])
     other = config(tmp_path, tmp_path / "a.ecsv", survey={"seed": 99})
@@ -108,14 +112,14 @@ def test_formats_round_trip_and_are_detected(tmp_path: Path, suffix: str) -> Non
     cfg = config(tmp_path, path)
     table = small_table()
     catalog_synth.write_table(table, path, cfg)
-    sources = catalog.load_catalog(cfg).sources
+    sources = reader.load_catalog(cfg).sources
     assert len(sources) == len(table)
     assert np.allclose(sources.ra, table["RA"]) and np.array_equal(sources.id, table["ID"])
     assert np.allclose(sources.mags["F150W"], table["NRC_F150W"], atol=1e-5)
     # the content decides when the suffix does not tell
     odd = tmp_path / "catalog.dat"
     odd.write_bytes(path.read_bytes())
-    assert catalog.detect_format(odd) == {".ecsv": "ecsv", ".fits": "fits", ".h5": "hdf5"}[suffix]
+    assert reader.detect_format(odd) == {".ecsv": "ecsv", ".fits": "fits", ".h5": "hdf5"}[suffix]
 
 
 # --- bad input -------------------------------------------------------------------------------
@@ -134,7 +138,7 @@ def test_bad_rows_are_counted_per_reason_and_skipped(tmp_path: Path, caplog: pyt
     t.write(path)
     cfg = config(tmp_path, path)
     with caplog.at_level("WARNING", logger="dream_hpc.catalog"):
-        cat = catalog.load_catalog(cfg)
+        cat = reader.load_catalog(cfg)
     r = cat.report
     assert r.n_rows == 100 and r.n_bad == 7 and r.n_good == 93
     assert r.reasons == {"non-finite position": 1, "NaN magnitude": 1, "radius <= 0": 1,
@@ -143,24 +147,24 @@ def test_bad_rows_are_counted_per_reason_and_skipped(tmp_path: Path, caplog: pyt
     warnings = [rec.getMessage() for rec in caplog.records]
     assert len(warnings) == 1 and "\n" not in warnings[0] and "skipped 7 bad rows" in warnings[0]
     assert 7 in cat.sources.row and np.isinf(cat.sources.mags["F150W"][cat.sources.row == 7][0])
-    assert catalog.load_catalog(cfg) is cat  # read once per process
+    assert reader.load_catalog(cfg) is cat  # read once per process
 
 
 def test_missing_file_and_column_are_one_line_errors(tmp_path: Path) -> None:
-    with pytest.raises(catalog.CatalogError) as err:
-        catalog.load_catalog(config(tmp_path, tmp_path / "nowhere.ecsv"))
+    with pytest.raises(reader.CatalogError) as err:
+        reader.load_catalog(config(tmp_path, tmp_path / "nowhere.ecsv"))
     assert "catalog.path" in str(err.value) and "nowhere.ecsv" in str(err.value) and "\n" not in str(err.value)
     t = small_table()
     t.rename_column("Re_arcsec", "Re_kpc")
     t.write(tmp_path / "cols.ecsv")
-    with pytest.raises(catalog.CatalogError) as err:
-        catalog.load_catalog(config(tmp_path, tmp_path / "cols.ecsv"))
+    with pytest.raises(reader.CatalogError) as err:
+        reader.load_catalog(config(tmp_path, tmp_path / "cols.ecsv"))
     msg = str(err.value)
     assert "catalog.columns.radius" in msg and "'Re_arcsec'" in msg and "Re_kpc" in msg and "\n" not in msg
     small_table().write(tmp_path / "ok.ecsv")
     cfg = config(tmp_path, tmp_path / "ok.ecsv", instrument={"filter_pairs": [["F115W", "F277W"]]})
-    with pytest.raises(catalog.CatalogError, match=r"catalog.columns.mag: column 'NRC_F115W' \(for F115W\)"):
-        catalog.load_catalog(cfg)
+    with pytest.raises(reader.CatalogError, match=r"catalog.columns.mag: column 'NRC_F115W' \(for F115W\)"):
+        reader.load_catalog(cfg)
 
 
 @pytest.mark.filterwarnings("ignore:File may have been truncated")
@@ -169,8 +173,8 @@ def test_truncated_fits_is_a_one_line_error(tmp_path: Path) -> None:
     small_table(2000).write(path)
     data = path.read_bytes()
     path.write_bytes(data[: len(data) // 2])
-    with pytest.raises(catalog.CatalogError) as err:
-        catalog.load_catalog(config(tmp_path, path))
+    with pytest.raises(reader.CatalogError) as err:
+        reader.load_catalog(config(tmp_path, path))
     assert "not a readable FITS table" in str(err.value) and "\n" not in str(err.value)
 
 
@@ -178,8 +182,8 @@ def test_no_sources_in_the_footprint_is_one_line(tmp_path: Path) -> None:
     path = tmp_path / "far.ecsv"
     small_table(ra0=10.0, dec0=-30.0).write(path)
     cfg = config(tmp_path, path)
-    with pytest.raises(catalog.CatalogError) as err:
-        catalog.check_catalog(cfg, plan.make_plan(cfg))
+    with pytest.raises(reader.CatalogError) as err:
+        check_catalog(cfg, pointings.make_plan(cfg))
     assert "no sources in the survey footprint" in str(err.value) and "\n" not in str(err.value)
     from dream_hpc.cli import main
 
@@ -196,7 +200,7 @@ def test_dream_units_kpc_and_recentring(tmp_path: Path) -> None:
     t["Re_arcsec"] = np.asarray(t["Re_arcsec"]) * kpc_per_arcsec
     t.write(tmp_path / "dream.ecsv")
     cfg = config(tmp_path, tmp_path / "dream.ecsv", catalog={"radius_unit": "kpc", "recenter": True})
-    s = catalog.load_catalog(cfg).sources
+    s = reader.load_catalog(cfg).sources
     assert abs(np.median(s.ra) - 150.1163) < 0.002 and abs(np.median(s.dec) - 2.2010) < 0.002
     gal = ~s.is_star
     assert np.allclose(s.radius[gal], np.asarray(small_table(ra0=0.0, dec0=0.0)["Re_arcsec"])[gal], rtol=2e-3)
@@ -205,17 +209,17 @@ def test_dream_units_kpc_and_recentring(tmp_path: Path) -> None:
 
 
 # --- spatial selection -----------------------------------------------------------------------
-def _random_catalog(n: int, ra0: float, dec0: float, radius_deg: float, seed: int) -> catalog.Catalog:
+def _random_catalog(n: int, ra0: float, dec0: float, radius_deg: float, seed: int) -> reader.Catalog:
     rng = np.random.default_rng(seed)
     x, y = rng.uniform(-radius_deg, radius_deg, (2, n)) * 3600
     ra, dec = footprint.from_tangent(x, y, ra0, dec0)
     star = rng.uniform(size=n) < 0.5
     f32 = np.float32
-    s = catalog.Sources(row=np.arange(n), id=np.arange(n), ra=ra, dec=dec, redshift=np.zeros(n, f32),
+    s = reader.Sources(row=np.arange(n), id=np.arange(n), ra=ra, dec=dec, redshift=np.zeros(n, f32),
                         sersic=np.ones(n, f32), radius=rng.uniform(0.05, 1.0, n).astype(f32),
                         axis_ratio=np.ones(n, f32), pa=np.zeros(n, f32), is_star=star,
                         mags={"F150W": np.full(n, 22, f32)})
-    return catalog.Catalog(path=Path("random"), sources=s, report=catalog.RowReport(path="random"))
+    return reader.Catalog(path=Path("random"), sources=s, report=reader.RowReport(path="random"))
 
 
 @pytest.mark.parametrize("ra0, dec0", [(150.1163, 2.2010), (0.01, -5.0), (359.99, 45.0), (30.0, 88.0)])
@@ -229,8 +233,8 @@ def test_spatial_selection_equals_brute_force(ra0: float, dec0: float) -> None:
                         nints=1, ra=float(ra), dec=float(dec), pa_v3=float(rng.uniform(0, 360)),
                         date_obs="2024-01-01", time_obs="00:00:00")
         for margin in (0.0, 3.0):
-            fast = catalog.select_for_unit(cat, unit, margin)
-            slow = catalog.select_brute_force(cat, unit, margin)
+            fast = select_for_unit(cat, unit, margin)
+            slow = select_brute_force(cat, unit, margin)
             assert len(fast) > 0 and np.array_equal(fast.row, slow.row), (det, sub, margin)
 
 
@@ -245,7 +249,7 @@ def test_selected_stars_land_on_the_detector() -> None:
     stars = cat.sources.is_star
     x, y = ap.sky_to_sci(cat.sources.ra[stars], cat.sources.dec[stars])
     on_chip = (x > 0.5) & (x < 2048.5) & (y > 0.5) & (y < 2048.5)
-    chosen = np.isin(cat.sources.row[stars], catalog.select_for_unit(cat, unit, 0.0).row)
+    chosen = np.isin(cat.sources.row[stars], select_for_unit(cat, unit, 0.0).row)
     # agreement except within a fraction of a pixel of the edge (ideal-frame corners vs curved edges)
     edge = np.minimum.reduce([x - 0.5, 2048.5 - x, y - 0.5, 2048.5 - y])
     assert np.all(chosen[on_chip & (edge > 2)]) and not np.any(chosen[~on_chip & (edge < -2)])
@@ -256,10 +260,10 @@ def test_mirage_lists_follow_mirage_conventions(tmp_path: Path) -> None:
     path = tmp_path / "cat.ecsv"
     small_table(400).write(path)
     cfg = config(tmp_path, path)
-    cat = catalog.load_catalog(cfg)
-    unit = next(u for u in plan.make_plan(cfg) if u.detector == "NRCB5")
-    sources = catalog.select_for_unit(cat, unit, cfg.catalog.margin_arcsec)
-    out = catalog.write_mirage_catalogs(sources, unit, tmp_path / "lists")
+    cat = reader.load_catalog(cfg)
+    unit = next(u for u in pointings.make_plan(cfg) if u.detector == "NRCB5")
+    sources = select_for_unit(cat, unit, cfg.catalog.margin_arcsec)
+    out = write_mirage_catalogs(sources, unit, tmp_path / "lists")
     gal, pts = Table.read(out["galaxyListFile"], format="ascii"), Table.read(out["pointsource"], format="ascii")
     assert gal.colnames == ["index", "x_or_RA", "y_or_Dec", "radius", "ellipticity", "pos_angle", "sersic_index",
                             "nircam_f277w_magnitude"]
@@ -273,6 +277,6 @@ def test_mirage_lists_follow_mirage_conventions(tmp_path: Path) -> None:
     assert np.allclose(gal["x_or_RA"], src.ra, atol=1e-8)
     # a kind with no sources gets no file
     only_gal = sources.take(~sources.is_star)
-    out2 = catalog.write_mirage_catalogs(only_gal, unit, tmp_path / "lists2")
+    out2 = write_mirage_catalogs(only_gal, unit, tmp_path / "lists2")
     assert out2["pointsource"] is None and out2["galaxyListFile"] is not None
     assert [p.name for p in (tmp_path / "lists2").iterdir()] == [out2["galaxyListFile"].name]

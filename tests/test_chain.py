@@ -18,9 +18,9 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
 
 
 def journal(run: Path) -> list[dict]:
-    from dream_hpc.journal import read_all
+    from dream_hpc.core.journal import ordered_records, read_journal
 
-    return list(read_all(run / "journal"))
+    return ordered_records(read_journal(run / "journal"))
 
 
 def plan_units(run: Path) -> list[dict]:
@@ -135,7 +135,7 @@ def test_rerun_resumes_by_checksum_isolates_a_failure_and_reproduces_pixels(chai
     import numpy as np
     from astropy.io import fits
 
-    from dream_hpc.rundir import sha256_file
+    from dream_hpc.core.digests import sha256_file
 
     run = tmp_path / "run"
     shutil.copytree(chain_run.run, run)
@@ -188,11 +188,11 @@ def test_mosaic_command_remakes_the_mosaic(chain_run: SurveyRun, tmp_path: Path)
 
 def test_truncated_input_is_one_clear_error(tmp_path: Path) -> None:
     """Calibration names a damaged input and the fix before starting jwst."""
-    from dream_hpc.calibrate import CalibrationError, detector1_unit
     from dream_hpc.config import SurveyConfig
-    from dream_hpc.rundir import RunDir
-    from dream_hpc.stages import StageContext
-    from dream_hpc.workunit import WorkUnit
+    from dream_hpc.core.rundir import RunDir
+    from dream_hpc.core.workunit import WorkUnit
+    from dream_hpc.stages.calibrate import CalibrationError, detector1_unit
+    from dream_hpc.stages.contract import StageContext
 
     run = RunDir.create(tmp_path / "run")
     unit = WorkUnit(program="09999", observation=1, visit=1, visit_group=1, sequence=1, activity=1, exposure=1,
@@ -207,7 +207,7 @@ def test_truncated_input_is_one_clear_error(tmp_path: Path) -> None:
 def test_mosaic_command_computes_no_unit_and_names_the_unfinished(chain_run: SurveyRun, tmp_path: Path) -> None:
     """`dream-hpc mosaic` verifies units, never computes them: with one unit's _cal gone it makes no
     partial mosaic (the existing one stays), names the unit, and starts no unit."""
-    from dream_hpc.rundir import sha256_file
+    from dream_hpc.core.digests import sha256_file
 
     run = tmp_path / "run"
     shutil.copytree(chain_run.run, run)

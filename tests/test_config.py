@@ -110,7 +110,7 @@ def _cfg_with(pipeline: dict, tmp_path: Path) -> SurveyConfig:
 
 @pytest.mark.parametrize("case", sorted(STEP_ERRORS))
 def test_step_override_errors(case: str, tmp_path: Path) -> None:
-    from dream_hpc.params import validate_step_overrides
+    from dream_hpc.stages.params import validate_step_overrides
 
     pipeline, expected = STEP_ERRORS[case]
     cfg = _cfg_with(pipeline, tmp_path)
@@ -123,7 +123,7 @@ def test_step_override_errors(case: str, tmp_path: Path) -> None:
 
 
 def test_valid_step_overrides_pass(tmp_path: Path) -> None:
-    from dream_hpc.params import validate_step_overrides
+    from dream_hpc.stages.params import validate_step_overrides
 
     cfg = _cfg_with({"detector1": {"jump": {"rejection_threshold": 5.0, "maximum_cores": "1"},
                                    "clean_flicker_noise": {"skip": False, "fit_method": "fft"}},
@@ -134,7 +134,7 @@ def test_valid_step_overrides_pass(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("name", ["demo.yaml", "cosmos-web.yaml"])
 def test_shipped_configs_are_valid(name: str) -> None:
-    from dream_hpc.params import validate_step_overrides
+    from dream_hpc.stages.params import validate_step_overrides
 
     path = ROOT / "config" / name
     if not path.is_file():

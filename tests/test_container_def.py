@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from dream_hpc import offline, versions
 from dream_hpc.config import load_config
+from dream_hpc.core import offline, versions
 
 ROOT = Path(__file__).resolve().parents[1]
 DEF = ROOT / "containers" / "dream-hpc.def"

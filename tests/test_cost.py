@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import pytest
 
-from dream_hpc import cost
+from dream_hpc.plan import cost
 
 FULL = 2048 * 2048
 SUB400P = 400 * 400

@@ -19,9 +19,10 @@ from pathlib import Path
 import pytest
 from _engine_fixtures import MPIEXEC, dream_run, engine_env, wait_for
 
-from dream_hpc.journal import journal_files, read_file
-from dream_hpc.rundir import RunDir, sha256_file
-from dream_hpc.status import read_run
+from dream_hpc.core.digests import sha256_file
+from dream_hpc.core.journal import journal_files, read_file
+from dream_hpc.core.rundir import RunDir
+from dream_hpc.core.runstate import read_run
 
 pytestmark = [pytest.mark.slow, pytest.mark.mpi]
 ROOT = Path(__file__).resolve().parents[1]
@@ -30,7 +31,8 @@ ROOT = Path(__file__).resolve().parents[1]
 def records(run: Path) -> list[dict]:
     out = []
     for f in journal_files(run / "journal"):
-        recs, problems = read_file(f)
+        jf = read_file(f)
+        recs, problems = jf.records, jf.problems
         assert not problems, problems
         out.extend(recs)
     return sorted(out, key=lambda r: r["time"])
@@ -104,7 +106,7 @@ def test_failing_and_hanging_units_are_isolated_then_resumed(engine_config: Path
 
 
 def unit_ids_from_plan(config: Path) -> list[str]:
-    code = ("import sys, json; from dream_hpc.config import load_config; from dream_hpc.plan import make_plan; "
+    code = ("import sys, json; from dream_hpc.config import load_config; from dream_hpc.plan.pointings import make_plan; "
             "print(json.dumps([u.unit_id for u in make_plan(load_config(sys.argv[1]))]))")
     proc = subprocess.run([sys.executable, "-c", code, str(config)], capture_output=True, text=True, check=True)
     ids = json.loads(proc.stdout)

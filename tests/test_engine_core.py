@@ -9,15 +9,20 @@ from pathlib import Path
 
 import pytest
 
-from dream_hpc import engine
-from dream_hpc.cli import UserError
 from dream_hpc.config import parse_config
-from dream_hpc.engine import Scheduler, Task
-from dream_hpc.journal import JournalWriter
-from dream_hpc.rundir import RunDir, sha256_file
-from dream_hpc.status import Progress, read_run, stage_counts
-from dream_hpc.worker import Outcome, parse_faults
-from dream_hpc.workunit import WorkUnit
+from dream_hpc.core import runstate
+from dream_hpc.core.digests import sha256_file
+from dream_hpc.core.errors import UserError
+from dream_hpc.core.journal import JournalWriter
+from dream_hpc.core.rundir import RunDir
+from dream_hpc.core.runstate import read_run, stage_counts
+from dream_hpc.core.workunit import STAGES, WorkUnit
+from dream_hpc.engine import coordinator, prepare, scheduler, tasks
+from dream_hpc.engine.executor import Outcome
+from dream_hpc.engine.progress import Progress
+from dream_hpc.engine.scheduler import Scheduler
+from dream_hpc.engine.tasks import Task
+from dream_hpc.engine.worker import parse_faults
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -114,12 +119,13 @@ def test_resume_recognises_done_units_by_checksum_not_existence(tmp_path):
     j = JournalWriter(run.journal, 0)
     j.write("unit_done", u.unit_id, outputs=dict([cal]), wall_s=1.0, peak_rss_mb=1.0)
     j.close()
-    assert engine.completed_units(run) == {u.unit_id: dict([cal])}
+    state = read_run(run).units[u.unit_id]  # what a resumed run reads back from the journal
+    assert unit_task(u, recorded={"done": state.done, "stages": state.stages}).resume_plan(run) == ([], dict([cal]))
     (run.root / cal[0]).write_text("cal v1 but edited")  # exists, wrong content: not done
     todo, _ = task.resume_plan(run)
-    assert todo == list(engine.UNIT_STAGES)
+    assert todo == list(STAGES)
     (run.root / cal[0]).unlink()
-    assert task.resume_plan(run)[0] == list(engine.UNIT_STAGES)
+    assert task.resume_plan(run)[0] == list(STAGES)
 
 
 def test_resume_starts_at_the_first_stage_not_verified(tmp_path):
@@ -154,14 +160,14 @@ def test_mosaic_resume_requires_the_same_inputs(tmp_path):
 def test_a_resumed_run_must_use_the_recorded_config(tmp_path):
     run = RunDir.create(tmp_path / "run")
     a = parse_config("instrument: {readout: {ngroups: 4}}\n", tmp_path / "a.yaml")
-    engine.check_same_config(run, a)
+    prepare.check_same_config(run, a)
     assert run.config.read_text() == a.text
-    engine.check_same_config(run, parse_config("# same, reformatted\ninstrument:\n  readout: {ngroups: 4}\n",
+    prepare.check_same_config(run, parse_config("# same, reformatted\ninstrument:\n  readout: {ngroups: 4}\n",
                                                tmp_path / "b.yaml"))
     with pytest.raises(UserError, match=r"instrument\.readout\.ngroups: 4 -> 5.*new --out"):
-        engine.check_same_config(run, parse_config("instrument: {readout: {ngroups: 5}}\n", tmp_path / "c.yaml"))
+        prepare.check_same_config(run, parse_config("instrument: {readout: {ngroups: 5}}\n", tmp_path / "c.yaml"))
     # nothing finished yet (e.g. the first attempt stopped on a config error): the corrected config replaces it
-    engine.check_same_config(run, parse_config("instrument: {readout: {ngroups: 5}}\n", tmp_path / "c.yaml"),
+    prepare.check_same_config(run, parse_config("instrument: {readout: {ngroups: 5}}\n", tmp_path / "c.yaml"),
                              anything_done=False)
     assert "ngroups: 5" in run.config.read_text()
 
@@ -204,14 +210,14 @@ def test_status_reads_states_from_the_journal_of_all_attempts(tmp_path):
     assert view.units["u3"].status == "pending"
     counts = stage_counts(view)
     assert counts["simulate"]["done"] == 3 and counts["detector1"]["failed"] == 1
-    assert engine.completed_units(run) == {}  # u0's recorded product is not on disk
-    costs = engine.measured_unit_costs(run)
+    assert not tasks.verify_outputs(run, view.units["u0"].done["outputs"])  # nothing recorded: not done
+    costs = runstate.measured_unit_costs(run)
     assert costs["u0"]["peak_rss_mb"] == 400.0 and costs["u0"]["stages"]["simulate"]["cpu_s"] == 1.5
 
 
 def test_status_command_and_timeline_png(tmp_path, capsys):
     from dream_hpc.cli import main
-    from dream_hpc.timeline import collect
+    from dream_hpc.engine.timeline import collect
 
     run = RunDir.create(tmp_path / "run")
     j = JournalWriter(run.journal, 0)
@@ -288,7 +294,7 @@ def test_derived_time_limits_follow_the_measured_pace():
 
     units = [unit(i, cost=10.0) for i in range(1, 6)]
     sched = Scheduler([Task(u.unit_id, "unit", 10.0, 300.0, unit=u) for u in units])
-    coord = engine.Coordinator(None, sched, None, Progress({}, io.StringIO()), None)
+    coord = coordinator.Coordinator(None, sched, None, Progress({}, io.StringIO()), None)
     coord.timeout_factor = 10.0
     for _ in range(3):
         t = coord._next()
@@ -304,12 +310,12 @@ def test_order_is_chosen_by_replaying_the_scheduler():
 
     alike = {"F150W": 60.0, "F277W": 50.0}  # similar mosaics, 2 ranks: finish both filters last, mosaic in parallel
     ts = tasks(alike)
-    order, predicted = engine.choose_order(ts, 2, mosaic_seconds=lambda us: alike[us[0].filter])
+    order, predicted = scheduler.choose_order(ts, 2, mosaic_seconds=lambda us: alike[us[0].filter])
     assert order == "longest-first" and predicted["longest-first"] < predicted["longest-path-first"]
     assert all(t.tail == 0.0 for t in ts)
     skewed = {"F150W": 200.0, "F277W": 5.0}  # one long Image3 and many ranks: start it early
     ts = tasks(skewed)
-    order, predicted = engine.choose_order(ts, 6, mosaic_seconds=lambda us: skewed[us[0].filter])
+    order, predicted = scheduler.choose_order(ts, 6, mosaic_seconds=lambda us: skewed[us[0].filter])
     assert order == "longest-path-first" and predicted["longest-path-first"] < predicted["longest-first"]
-    assert engine.replay(ts, 6, mosaic_seconds=lambda us: skewed[us[0].filter])["makespan"] == pytest.approx(
+    assert scheduler.replay(ts, 6, mosaic_seconds=lambda us: skewed[us[0].filter])["makespan"] == pytest.approx(
         predicted["longest-path-first"])

@@ -20,7 +20,7 @@ from _cache_fixtures import kit_context, kit_unit_specs, make_tiny_uncal, run_cl
 def test_forbid_network_blocks_every_socket_path() -> None:
     code = """
         import socket, urllib.request
-        from dream_hpc import offline
+        from dream_hpc.core import offline
         offline.forbid_network()
         attempts = {
             "create_connection": lambda: socket.create_connection(("203.0.113.7", 443), timeout=1),
@@ -53,12 +53,12 @@ def test_references_resolve_and_verify_with_sockets_blocked(kit: Path) -> None:
     """Every reftype of every step (skipped ones too) and every pars-* type resolves, with no attempt to connect."""
     code = f"""
         import json
-        from dream_hpc import offline
+        from dream_hpc.core import offline
         offline.configure(crds_path={str(kit / 'crds_cache')!r}, context={kit_context(kit)!r},
                           mirage_data={str(kit / 'mirage_data')!r})
         offline.forbid_network()
-        from dream_hpc import cache, integrity
-        from dream_hpc.workunit import WorkUnit
+        from dream_hpc.references import lookup as cache, verify as integrity
+        from dream_hpc.core.workunit import WorkUnit
         types = sorted({{t for group in (cache.all_step_reftypes(), cache.parameter_reftypes())
                          for names in group.values() for t in names}})
         resolved = {{}}
@@ -121,7 +121,7 @@ def test_detector1_runs_without_any_network(kit: Path, tmp_path: Path) -> None:
             raise SystemExit("the namespace has a route out: not a proof")
         except OSError as e:
             print("no route:", e.errno)
-        from dream_hpc import offline
+        from dream_hpc.core import offline
         offline.configure(crds_path={str(kit / 'crds_cache')!r}, context={kit_context(kit)!r})
         from jwst.pipeline import Detector1Pipeline
         Detector1Pipeline.call({str(uncal)!r}, output_dir={str(tmp_path)!r}, save_results=True,

@@ -10,14 +10,15 @@ from pathlib import Path
 
 import pytest
 
-from dream_hpc import cost
-from dream_hpc.cli import UserError
 from dream_hpc.config import load_config
-from dream_hpc.journal import JournalWriter
-from dream_hpc.plan import make_plan, summarize
-from dream_hpc.plan_measured import PEAK_MARGIN, measured_advice
-from dream_hpc.rundir import RunDir
-from dream_hpc.workunit import WorkUnit
+from dream_hpc.core.errors import UserError
+from dream_hpc.core.journal import JournalWriter
+from dream_hpc.core.rundir import RunDir
+from dream_hpc.core.workunit import WorkUnit
+from dream_hpc.plan import cost
+from dream_hpc.plan.measured import PEAK_MARGIN, measured_advice
+from dream_hpc.plan.pointings import make_plan
+from dream_hpc.plan.summary import summarize
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "config" / "demo.yaml"

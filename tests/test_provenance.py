@@ -10,12 +10,14 @@ import h5py
 import pytest
 from _provenance_fixtures import CONFIG, UNITS, make_run, resume_run
 
-from dream_hpc import prov_read, provenance, versions
 from dream_hpc.cli import main
-from dream_hpc.journal import JournalWriter, canonical, record_hash
-from dream_hpc.prov_json import build as prov_build
-from dream_hpc.prov_json import validate as prov_validate
-from dream_hpc.rundir import sha256_file
+from dream_hpc.core import versions
+from dream_hpc.core.digests import sha256_file
+from dream_hpc.core.journal import JournalWriter, canonical, record_hash
+from dream_hpc.provenance import read as prov_read
+from dream_hpc.provenance import write
+from dream_hpc.provenance.prov_json import build as prov_build
+from dream_hpc.provenance.prov_json import validate as prov_validate
 
 FAILED = UNITS[1]
 
@@ -28,7 +30,7 @@ def _digest_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.fixture
 def run(tmp_path: Path):
     run = make_run(tmp_path / "run", ranks=2, fail_unit=FAILED)
-    provenance.consolidate(run)
+    write.consolidate(run)
     return run
 
 
@@ -84,7 +86,7 @@ def test_audit_rebuilds_exactly_what_consolidation_wrote(run) -> None:
     """Audit's expectation is derived without HDF5; it must equal the file read back, value and type."""
     with h5py.File(run.provenance, "r") as h5:
         written = prov_read.flatten(h5)
-    expected = provenance.expected_flat(provenance.build(prov_read.stored_files(written)))
+    expected = write.expected_flat(write.build(prov_read.stored_files(written)))
     assert written == expected
     assert len(written) > 300
 
@@ -175,7 +177,7 @@ def test_deleted_journal_record_is_detected_before_and_after_consolidation(run, 
     assert rc == 1
     assert f"chain broken: journal/{f.name}: line 6: sequence 6 follows 4" in err
     assert f"differs: journal/{f.name} line 6" in err
-    provenance.consolidate(run)  # rebuilt from the damaged journal: the damage is carried along
+    write.consolidate(run)  # rebuilt from the damaged journal: the damage is carried along
     rc, _, err = _audit_cli(run.provenance, capsys)
     assert rc == 1 and f"chain broken: provenance.h5 /journal/{f.stem}: line 6:" in err
 
@@ -184,7 +186,7 @@ def test_reordered_journal_records_are_detected(run, capsys) -> None:
     f, lines = _journal_lines(run)
     lines[5], lines[6] = lines[6], lines[5]
     f.write_text("".join(lines))
-    provenance.consolidate(run)
+    write.consolidate(run)
     rc, _, err = _audit_cli(run.provenance, capsys)
     assert rc == 1
     assert f"/journal/{f.stem}: line 6: sequence 6 follows 4" in err
@@ -203,7 +205,7 @@ def test_torn_last_line_is_tolerated(run, capsys) -> None:
     f, lines = _journal_lines(run)
     with open(f, "a") as fh:  # a rank SIGKILLed in the middle of a write
         fh.write(lines[3][: len(lines[3]) // 2])
-    provenance.consolidate(run)
+    write.consolidate(run)
     with h5py.File(run.provenance, "r") as h5:
         g = h5[f"journal/{f.stem}"]
         assert g.attrs["torn_tail_bytes"] == len(lines[3]) // 2 and len(g["records"]) == len(lines)
@@ -217,23 +219,23 @@ def test_consolidation_is_atomic(run, monkeypatch) -> None:
     def boom(self, h5):
         raise RuntimeError("killed mid-write")
 
-    monkeypatch.setattr(provenance.Tree, "write", boom)
+    monkeypatch.setattr(write.Tree, "write", boom)
     with pytest.raises(RuntimeError):
-        provenance.consolidate(run)
+        write.consolidate(run)
     assert run.provenance.read_bytes() == before
     assert not list(run.root.glob(".tmp-*"))
 
 
 def test_interrupted_then_resumed_run_keeps_every_attempt(tmp_path: Path, capsys) -> None:
     run = make_run(tmp_path / "run", ranks=2, interrupt=(UNITS[1], "detector1"))
-    provenance.consolidate(run)  # consolidating a killed run works and says what is unfinished
+    write.consolidate(run)  # consolidating a killed run works and says what is unfinished
     view = prov_read.load(run.provenance)
     assert view["units"][UNITS[1]]["stages"]["detector1"]["attrs"]["status"] == "incomplete"
     assert view["units"][UNITS[1]]["stages"]["detector1"]["attrs"]["step"] == "jump"
     assert view["run"]["status"] == "incomplete" and UNITS[2] not in view["units"]
 
     resume_run(run, [UNITS[1], UNITS[2]])
-    provenance.consolidate(run)
+    write.consolidate(run)
     view = prov_read.load(run.provenance)
     assert [a["number"] for a in view["attempts"]] == [1, 2]
     assert view["attempts"][0]["status"] == "incomplete" and view["attempts"][1]["status"] == "ok"
@@ -252,7 +254,7 @@ def test_interrupted_then_resumed_run_keeps_every_attempt(tmp_path: Path, capsys
 def test_records_of_deleted_journal_files_are_kept(run, capsys) -> None:
     f = sorted(run.journal.glob("rank00001*.jsonl"))[0]
     f.unlink()
-    provenance.consolidate(run)
+    write.consolidate(run)
     view = prov_read.load(run.provenance)
     assert view["units"][UNITS[1]]["attrs"]["status"] == "failed"  # rank 1 ran it
     rc, _, err = _audit_cli(run.provenance, capsys)

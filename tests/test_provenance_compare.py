@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from _provenance_fixtures import UNITS, make_run
 
-from dream_hpc import provenance
 from dream_hpc.cli import main
-from dream_hpc.prov_compare import compare_arrays
+from dream_hpc.provenance import write
+from dream_hpc.provenance.compare import compare_arrays
 
 CAL = f"exposures/{UNITS[0]}_cal.fits"
 
@@ -24,7 +24,7 @@ def _digest_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 
 def _run(tmp_path: Path, name: str, **kw):
     run = make_run(tmp_path / name, **kw)
-    provenance.consolidate(run)
+    write.consolidate(run)
     return run
 
 
@@ -128,7 +128,7 @@ def test_reproduce_checks_reference_caches(run_a, tmp_path: Path, capsys) -> Non
 def test_reproduce_writes_config_with_absolute_paths_and_records_allowed_drift(run_a, tmp_path: Path,
                                                                                capsys) -> None:
     from dream_hpc.config import load_config
-    from dream_hpc.prov_reproduce import prepare
+    from dream_hpc.drivers.reproduce import prepare
 
     _set_packages(run_a.provenance, {"numpy": "1.0.0"})
     args = type("Args", (), dict(record=str(run_a.root), out=str(tmp_path / "r2"), allow_drift=True, base=None,

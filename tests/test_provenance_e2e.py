@@ -18,9 +18,9 @@ import pytest
 import yaml
 from _engine_fixtures import MPIEXEC, dream_run, engine_env, wait_for
 
-from dream_hpc import prov_read
-from dream_hpc.journal import journal_files, read_file
-from dream_hpc.prov_json import validate
+from dream_hpc.core.journal import journal_files, read_file
+from dream_hpc.provenance import read as prov_read
+from dream_hpc.provenance.prov_json import validate
 
 pytestmark = [pytest.mark.slow, pytest.mark.mpi]
 ROOT = Path(__file__).resolve().parents[1]
@@ -65,7 +65,7 @@ def killed_and_resumed(tmp_path_factory: pytest.TempPathFactory, refkit_dir: Pat
     try:
         def rank1_inside_a_step() -> int | None:
             for f in journal_files(run / "journal") if (run / "journal").is_dir() else []:
-                recs, _ = read_file(f)
+                recs = read_file(f).records
                 if recs and recs[-1]["rank"] == 1 and recs[-1]["kind"] == "step" \
                         and recs[-1]["data"].get("status") == "start" and recs[-1]["data"].get("stage") != "simulate":
                     return recs[-1]["pid"]

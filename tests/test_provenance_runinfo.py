@@ -1,4 +1,4 @@
-"""runinfo.collect: the run-level facts the engine journals in run_start."""
+"""runinfo.collect -> provenance.facts.collect: the run-level facts the engine journals in run_start."""
 
 from __future__ import annotations
 
@@ -10,16 +10,17 @@ from pathlib import Path
 import pytest
 from _provenance_fixtures import CONFIG, make_refkit
 
-from dream_hpc import runinfo
 from dream_hpc.config import parse_config
-from dream_hpc.journal import JournalWriter
-from dream_hpc.rundir import RunDir
+from dream_hpc.core import digests
+from dream_hpc.core.journal import JournalWriter
+from dream_hpc.core.rundir import RunDir
+from dream_hpc.provenance import facts
 
 
 @pytest.fixture(autouse=True)
 def _env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("DREAM_HPC_CACHE_DIR", str(tmp_path / "digest-cache"))
-    for var in ("APPTAINER_CONTAINER", "SINGULARITY_CONTAINER", *runinfo.SLURM_VARS.values()):
+    for var in ("APPTAINER_CONTAINER", "SINGULARITY_CONTAINER", *facts.SLURM_VARS.values()):
         monkeypatch.delenv(var, raising=False)
 
 
@@ -31,7 +32,7 @@ def cfg(tmp_path: Path):
 
 
 def test_collect_records_config_lock_software_and_caches(cfg, tmp_path: Path) -> None:
-    info = runinfo.collect(cfg, RunDir.create(tmp_path / "run"), mpi_size=4, hosts=["n2", "n1", "n2"])
+    info = facts.collect(cfg, RunDir.create(tmp_path / "run"), mpi_size=4, hosts=["n2", "n1", "n2"])
     assert info["config_text"] == CONFIG and info["config_sha256"] == hashlib.sha256(CONFIG.encode()).hexdigest()
     assert info["lock_sha256"] == hashlib.sha256(info["lock_text"].encode()).hexdigest()
     assert "jwst" in info["packages"] and info["versions"]["jwst"] == info["packages"]["jwst"]
@@ -48,17 +49,17 @@ def test_container_digest_is_cached(cfg, tmp_path: Path, monkeypatch) -> None:
     sif.write_bytes(os.urandom(4096))
     monkeypatch.setenv("APPTAINER_CONTAINER", str(sif))
     run = RunDir.create(tmp_path / "run")
-    first = runinfo.collect(cfg, run)["container"]
+    first = facts.collect(cfg, run)["container"]
     assert first == {"runtime": "apptainer", "path": str(sif), "sha256": hashlib.sha256(sif.read_bytes()).hexdigest()}
 
     def no_rehash(path):  # a multi-GB image must not be hashed again for the next job
         raise AssertionError(f"{path} hashed twice")
 
-    monkeypatch.setattr(runinfo, "sha256_file", no_rehash)
-    assert runinfo.collect(cfg, run)["container"] == first
+    monkeypatch.setattr(digests, "sha256_file", no_rehash)
+    assert facts.collect(cfg, run)["container"] == first
     sif.write_bytes(os.urandom(4096))  # a new image at the same path is hashed again
     with pytest.raises(AssertionError, match="hashed twice"):
-        runinfo.collect(cfg, run)
+        facts.collect(cfg, run)
 
 
 def test_slurm_and_git_commit_from_environment(cfg, tmp_path: Path, monkeypatch) -> None:
@@ -67,7 +68,7 @@ def test_slurm_and_git_commit_from_environment(cfg, tmp_path: Path, monkeypatch)
     monkeypatch.setenv("SLURM_JOB_NODELIST", "node[01-02]")
     monkeypatch.setenv("SLURM_JOB_PARTITION", "debug")
     monkeypatch.setenv("DREAM_HPC_GIT_COMMIT", "abc123")
-    info = runinfo.collect(cfg, RunDir.create(tmp_path / "run"))
+    info = facts.collect(cfg, RunDir.create(tmp_path / "run"))
     assert info["slurm"] == {"job_id": "4242", "array_task_id": "3", "nodelist": "node[01-02]", "partition": "debug"}
     assert info["dream_hpc"]["git_commit"] == "abc123" and info["dream_hpc"]["git_source"] == "env"
 
@@ -75,15 +76,15 @@ def test_slurm_and_git_commit_from_environment(cfg, tmp_path: Path, monkeypatch)
 def test_listing_manifest_ignores_mtimes_and_crds_config(tmp_path: Path) -> None:
     make_refkit(tmp_path)
     cache = tmp_path / "refkit/crds_cache"
-    before = runinfo.cache_manifest(cache, "crds_cache")["manifest_sha256"]
+    before = facts.cache_manifest(cache, "crds_cache")["manifest_sha256"]
     ref = next(cache.rglob("*.fits"))
     os.utime(ref, (1, 1))  # copied to another cluster: new mtimes, same files
     (cache / "config/jwst").mkdir(parents=True)
     (cache / "config/jwst/server_config").write_text("{'last_synced': 'now'}")  # changes on every sync
-    assert runinfo.cache_manifest(cache, "crds_cache")["manifest_sha256"] == before
+    assert facts.cache_manifest(cache, "crds_cache")["manifest_sha256"] == before
     ref.write_bytes(ref.read_bytes() + b"x")  # a truncated or grown reference is another cache
-    assert runinfo.cache_manifest(cache, "crds_cache")["manifest_sha256"] != before
-    assert runinfo.cache_manifest(tmp_path / "nowhere", "crds_cache")["manifest_kind"] == "missing"
+    assert facts.cache_manifest(cache, "crds_cache")["manifest_sha256"] != before
+    assert facts.cache_manifest(tmp_path / "nowhere", "crds_cache")["manifest_kind"] == "missing"
 
 
 def test_kit_manifest_is_preferred_per_cache(tmp_path: Path) -> None:
@@ -96,25 +97,25 @@ def test_kit_manifest_is_preferred_per_cache(tmp_path: Path) -> None:
         (kit / "manifest.json").write_text(json.dumps({"seed": 1, "files": files}))
 
     manifest("22")
-    crds = runinfo.cache_manifest(kit / "crds_cache", "crds_cache")
+    crds = facts.cache_manifest(kit / "crds_cache", "crds_cache")
     assert crds["manifest_kind"].endswith("manifest.json#crds_cache") and crds["n_files"] == 1
     manifest("33")
-    assert runinfo.cache_manifest(kit / "crds_cache", "crds_cache") == crds  # MIRAGE_DATA's change is not CRDS's
-    mirage = runinfo.cache_manifest(kit / "mirage_data", "mirage_data")
+    assert facts.cache_manifest(kit / "crds_cache", "crds_cache") == crds  # MIRAGE_DATA's change is not CRDS's
+    mirage = facts.cache_manifest(kit / "mirage_data", "mirage_data")
     assert mirage["manifest_sha256"] != crds["manifest_sha256"] and mirage["bytes"] == 4
 
 
 def test_attempts_are_numbered_and_reproduction_is_recorded(cfg, tmp_path: Path) -> None:
     run = RunDir.create(tmp_path / "run")
     w = JournalWriter(run.journal, 0)
-    w.write("run_start", None, **runinfo.collect(cfg, run))
+    w.write("run_start", None, **facts.collect(cfg, run))
     w.close()
-    (run.root / runinfo.REPRODUCE_FILE).write_text(json.dumps({"source": "/x/provenance.h5", "drift": ["numpy"]}))
-    info = runinfo.collect(cfg, run)
+    (run.root / facts.REPRODUCE_FILE).write_text(json.dumps({"source": "/x/provenance.h5", "drift": ["numpy"]}))
+    info = facts.collect(cfg, run)
     assert info["attempt"] == 2 and info["reproduce"]["drift"] == ["numpy"]
 
 
 def test_software_drift_names_each_package() -> None:
-    lines = runinfo.software_drift({"jwst": "3.0.0", "gone": "1"}, {"jwst": "3.0.1", "new": "2"})
+    lines = facts.software_drift({"jwst": "3.0.0", "gone": "1"}, {"jwst": "3.0.1", "new": "2"})
     assert lines == ["gone: recorded 1, not installed", "jwst: recorded 3.0.0, installed 3.0.1",
                      "new: not in the record, installed 2"]

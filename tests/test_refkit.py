@@ -86,7 +86,7 @@ def test_crds_resolves_every_prefetched_type(refkit_dir: Path, tmp_path: Path) -
 def test_distortion_matches_pysiaf(refkit_dir: Path) -> None:
     from stdatamodels.jwst.datamodels import DistortionModel, PixelAreaModel
 
-    from dream_hpc.footprint import nircam_siaf
+    from dream_hpc.plan.footprint import nircam_siaf
 
     siaf = nircam_siaf()
     g = np.linspace(0, 2047, 9)

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from _chain_fixtures import SurveyRun, cli, demo_like, write_config
 
-from dream_hpc import science
+from dream_hpc.stages import science
 
 FILTERS = ("F150W", "F277W")
 

@@ -25,8 +25,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from dream_hpc.journal import read_all
-from dream_hpc.slurm import bind_paths, outermost
+from dream_hpc.core.journal import ordered_records, read_journal
+from dream_hpc.drivers.binds import bind_paths, outermost
 
 ROOT = Path(__file__).resolve().parents[1]
 SLURM = ROOT / "slurm"
@@ -175,7 +175,7 @@ def submit(cluster, config: Path, run: Path, workdir: Path, **env: str) -> Submi
 
 
 def journal_records(run: Path) -> list[dict]:
-    return list(read_all(run / "journal")) if (run / "journal").is_dir() else []
+    return ordered_records(read_journal(run / "journal")) if (run / "journal").is_dir() else []
 
 
 def units_done(run: Path) -> set[str]:

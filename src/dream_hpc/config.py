@@ -3,6 +3,9 @@
 A config is one YAML file. Every key is declared here as a dataclass field with a type and a
 default; `load_config` rejects unknown keys, wrong types and impossible combinations with one
 line that names the key and the fix, before any compute starts.
+
+One concern, read top to bottom (constants, the sections, coercion, cross-field validation, loading):
+the schema is the documentation of every key, so it stays in one file.
 """
 
 from __future__ import annotations

@@ -24,7 +24,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from dream_hpc.cli import UserError
+from dream_hpc.core.errors import UserError
 
 KIT_VERSION = "1.0"  # bump when the generated content changes for the same parameters
 CONTEXT = "jwst_0001.pmap"  # the pinned CRDS context every kit carries

@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from dream_hpc import offline
+from dream_hpc.core import offline
 from dream_hpc.refkit import KIT_VERSION, KitError, nircam
 from dream_hpc.refkit.crds_cache import CONTEXT
 from dream_hpc.refkit.manifest import MANIFEST, write_manifest

@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from dream_hpc.rundir import sha256_file
+from dream_hpc.core.digests import sha256_file
 
 MANIFEST = "manifest.json"
 MANIFEST_SHA256 = "manifest.json.sha256"

@@ -132,7 +132,7 @@ def subarray(det: Detector, name: str) -> Subarray:
 
 def siaf():  # -> pysiaf.Siaf
     """pysiaf's NIRCam SIAF (ships with pysiaf), imported with the network blocked."""
-    from dream_hpc.footprint import nircam_siaf
+    from dream_hpc.plan.footprint import nircam_siaf
 
     return nircam_siaf()
 

@@ -1,0 +1,88 @@
+"""Which sources fall on one unit: a KD-tree on the sky, the exact detector outline, Mirage source lists."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from dream_hpc.catalog.reader import Catalog, CatalogError, Sources
+from dream_hpc.core.workunit import WorkUnit
+from dream_hpc.plan import footprint
+
+GALAXY_EXTENT = 2.0  # galaxies within margin + 2 Re of a detector still put light on it
+
+
+# --- spatial selection -----------------------------------------------------------------------
+def _footprint_test(catalog: Catalog, unit: WorkUnit, margin_arcsec: float, idx: np.ndarray) -> np.ndarray:
+    """Of candidate indices `idx`, those on the unit's aperture outline grown by the margin."""
+    src = catalog.sources
+    ap = footprint.aperture_name(unit.detector, unit.subarray)
+    att = footprint.unit_attitude(unit.ra, unit.dec, unit.pa_v3, ap)
+    x, y = footprint.to_ideal(ap, att, src.ra[idx], src.dec[idx])
+    allowed = margin_arcsec + np.where(src.is_star[idx], 0.0, GALAXY_EXTENT * src.radius[idx])
+    outside = footprint.distance_outside(np.column_stack([x, y]), footprint.outline_ideal(ap))
+    return idx[outside <= allowed]
+
+
+def select_for_unit(catalog: Catalog, unit: WorkUnit, margin_arcsec: float) -> Sources:
+    """Sources on the unit's detector footprint plus `margin_arcsec` (galaxies also + 2 Re)."""
+    if not len(catalog.sources):
+        return catalog.sources.take(np.zeros(0, int))
+    ap = footprint.aperture_name(unit.detector, unit.subarray)
+    reach = float(np.hypot(*footprint.outline_ideal(ap).T).max())  # ideal origin = reference point
+    radius = reach + margin_arcsec + GALAXY_EXTENT * catalog.max_galaxy_radius + 1.0
+    centre = footprint.unit_vectors([unit.ra], [unit.dec])[0]
+    idx = np.sort(np.asarray(catalog.tree.query_ball_point(centre, footprint.chord(radius)), dtype=int))
+    return catalog.sources.take(_footprint_test(catalog, unit, margin_arcsec, idx))
+
+
+def select_brute_force(catalog: Catalog, unit: WorkUnit, margin_arcsec: float) -> Sources:
+    """The same selection by testing every source (reference for tests and the benchmark)."""
+    idx = np.arange(len(catalog.sources))
+    return catalog.sources.take(_footprint_test(catalog, unit, margin_arcsec, idx))
+
+
+# --- Mirage source lists ---------------------------------------------------------------------
+def write_mirage_catalogs(sources: Sources, unit: WorkUnit, outdir: str | Path) -> dict[str, Path | None]:
+    """Mirage 'pointsource' and 'galaxyListFile' lists for `unit` (None where a kind has no source)."""
+    from astropy.table import Table
+
+    from dream_hpc.core.rundir import atomic_path
+
+    outdir = Path(outdir)
+    outdir.mkdir(parents=True, exist_ok=True)
+    mag = sources.mags.get(unit.filter)
+    if mag is None:
+        raise CatalogError(f"{unit.unit_id}: the loaded catalog has no {unit.filter} magnitudes "
+                           "(load it with the survey's filters: load_catalog(cfg))")
+    usable = np.isfinite(mag) & (mag <= sources.mag_limit)
+    mag_col = f"nircam_{unit.filter.lower()}_magnitude"
+    out: dict[str, Path | None] = {"pointsource": None, "galaxyListFile": None}
+    for key, kind, chosen in (("pointsource", "pointsources", usable & sources.is_star),
+                              ("galaxyListFile", "galaxies", usable & ~sources.is_star)):
+        if not chosen.any():
+            continue
+        s = sources.take(chosen)
+        table = Table()
+        table["index"] = s.row + 1
+        table["x_or_RA"] = s.ra
+        table["y_or_Dec"] = s.dec
+        comments = ["position_RA_Dec", "abmag"]
+        if kind == "galaxies":
+            table["radius"] = s.radius.astype(float)
+            table["ellipticity"] = 1.0 - s.axis_ratio.astype(float)
+            table["pos_angle"] = s.pa.astype(float) % 360.0
+            table["sersic_index"] = s.sersic.astype(float)
+            comments.append("radius_arcsec")
+        table[mag_col] = s.mags[unit.filter].astype(float)
+        table.meta["comments"] = comments + [""] * (4 - len(comments))  # Mirage scans the first 4 lines
+        for name in ("x_or_RA", "y_or_Dec"):
+            table[name].format = ".9f"  # 1e-9 deg = 4 microarcsec
+        for name in table.colnames[3:]:
+            table[name].format = ".5f"
+        final = outdir / f"{unit.unit_id}_{kind}.list"
+        with atomic_path(final) as tmp:
+            table.write(tmp, format="ascii", overwrite=True)  # as Mirage's own catalog_generator
+        out[key] = final
+    return out

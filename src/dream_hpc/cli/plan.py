@@ -1,0 +1,47 @@
+"""`dream-hpc plan`: the plan's size, cost and footprint, with ranks-per-node advice (optionally measured)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from dream_hpc.core.errors import UserError
+from dream_hpc.plan.figure import footprint_png
+from dream_hpc.plan.pointings import make_plan
+from dream_hpc.plan.summary import format_summary, summarize, write_plan
+
+
+def _cmd_plan(args: Any) -> int:
+    from dream_hpc.config import load_config
+    from dream_hpc.core.rundir import RunDir
+
+    cfg = load_config(args.config)
+    units = make_plan(cfg)
+    summary = summarize(cfg, units, args.node_mem_gb, args.node_cores, measured_run=args.measured)
+    print(format_summary(summary))
+    if not args.out:
+        print("(pass --out RUN to write RUN/plan.json and RUN/figures/footprint.png)")
+        return 0
+    run = RunDir.create(args.out)
+    write_plan(run.plan, units, summary)
+    radec, note = None, ""
+    try:
+        from dream_hpc.catalog import reader
+
+        s = reader.load_catalog(cfg, sorted({u.filter for u in units})).sources
+        radec = (s.ra, s.dec)
+    except UserError as e:
+        note = f" (no catalog density: {e})"
+    png = footprint_png(cfg, units, run.figures / "footprint.png", radec)
+    print(f"wrote {run.plan} and {png}{note}")
+    return 0
+
+
+def add_commands(sub: Any) -> None:
+    p = sub.add_parser("plan", help="expand the survey into work units; print its size and cost")
+    p.add_argument("config")
+    p.add_argument("--out", help="run directory: writes RUN/plan.json and RUN/figures/footprint.png")
+    p.add_argument("--node-mem-gb", type=float, default=24.0, help="memory per node for the ranks advice")
+    p.add_argument("--node-cores", type=int, default=2, help="cores per node for the ranks advice")
+    p.add_argument("--measured", metavar="RUN",
+                   help="also advise from the peak memory and CPU measured in RUN (e.g. a small pilot run)")
+    p.set_defaults(func=_cmd_plan)

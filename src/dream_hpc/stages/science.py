@@ -1,0 +1,358 @@
+"""Science check: does the final Image3 catalog give back the input catalog it was simulated from?
+
+Per filter: input sources on the mosaic are matched on the sky to the `_cat.ecsv` sources. For
+bright (predicted S/N > 20), isolated sources (no neighbour within 1" brighter than 2 mag fainter
+than the source) it reports completeness, astrometric offsets in mosaic pixels and the median
+magnitude residual. A residual that is off means the simulation and the calibration references
+disagree (zeropoints, PSF, aperture corrections): a bug to find, not a tolerance to widen.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+# What "passing" means (also asserted by tests/test_science.py).
+MIN_COMPLETENESS = 0.90
+MAX_OFFSET_PX = 0.1  # |median offset| per axis, mosaic pixels
+MAX_SCATTER_PX = 0.3  # robust scatter per axis, mosaic pixels
+MAX_MAG_RESIDUAL = 0.1  # |median(output - input)|, AB mag
+SNR_MIN = 20.0
+MATCH_RADIUS_ARCSEC = 0.1
+ISOLATION_RADIUS_ARCSEC = 1.0
+ISOLATION_DMAG = 2.0
+EE_FRACTION = 0.7  # the aperture used for the predicted S/N encloses this fraction of a point source
+MIN_STARS_FOR_HEADLINE = 5  # fewer matched stars than this: the residual uses all sources
+
+
+# --- the input catalog -----------------------------------------------------------------------
+def input_catalog(cfg: Any) -> Any:
+    """The input catalog's usable rows (`dream_hpc.catalog.Sources`: ra, dec, is_star, mags[filter])."""
+    from dream_hpc.catalog import reader
+
+    return reader.load_catalog(cfg).sources
+
+
+def on_image(wcs: Any, shape: tuple[int, ...], ra: Any, dec: Any, border: float = 0.0) -> np.ndarray:
+    """Which (ra, dec) fall on an image of `shape` through its gwcs, `border` pixels inside the edge."""
+    x, y = wcs.world_to_pixel_values(np.asarray(ra, float), np.asarray(dec, float))
+    x, y = np.asarray(x), np.asarray(y)
+    ny, nx = shape[-2:]
+    return (np.isfinite(x) & np.isfinite(y) & (x >= border - 0.5) & (y >= border - 0.5)
+            & (x <= nx - 0.5 - border) & (y <= ny - 0.5 - border))
+
+
+def _tangent(ra: Any, dec: Any, ra0: float, dec0: float) -> np.ndarray:
+    """Gnomonic offsets (arcsec) about (ra0, dec0): flat enough for a mosaic-sized field."""
+    ra, dec = np.radians(np.asarray(ra, float)), np.radians(np.asarray(dec, float))
+    a0, d0 = math.radians(ra0), math.radians(dec0)
+    cosc = np.sin(d0) * np.sin(dec) + np.cos(d0) * np.cos(dec) * np.cos(ra - a0)
+    xi = np.cos(dec) * np.sin(ra - a0) / cosc
+    eta = (np.cos(d0) * np.sin(dec) - np.sin(d0) * np.cos(dec) * np.cos(ra - a0)) / cosc
+    return np.degrees(np.column_stack([xi, eta])) * 3600.0
+
+
+def isolated(xy: np.ndarray, mags: np.ndarray, subset: np.ndarray, all_xy: np.ndarray, all_mags: np.ndarray,
+             radius: float = ISOLATION_RADIUS_ARCSEC, dmag: float = ISOLATION_DMAG) -> np.ndarray:
+    """True where no other source within `radius` is brighter than (own mag + dmag)."""
+    from scipy.spatial import cKDTree
+
+    tree = cKDTree(all_xy)
+    out = np.ones(len(subset), bool)
+    for k, i in enumerate(subset):
+        for j in tree.query_ball_point(xy[i], radius):
+            d = np.hypot(*(all_xy[j] - xy[i]))
+            if d > 1e-6 and all_mags[j] < mags[i] + dmag:
+                out[k] = False
+                break
+    return out
+
+
+def robust_scatter(values: np.ndarray) -> float:
+    values = np.asarray(values, float)
+    if values.size == 0:
+        return float("nan")
+    return float(1.4826 * np.median(np.abs(values - np.median(values))))
+
+
+# --- predicted S/N ---------------------------------------------------------------------------
+def aperture_fraction(radius_px: float, psf_half_light_px: float, source_half_light_px: np.ndarray,
+                      ee_point: float) -> np.ndarray:
+    """Fraction of a source's light inside `radius_px`, given its (circularized) half-light radius.
+
+    The PSF-convolved source is approximated as a Gaussian whose half-light radius adds the PSF's
+    and the source's in quadrature; the result is scaled so a point source gets the catalog's own
+    encircled energy `ee_point` (which carries the real PSF's wings).
+    """
+    def gauss_ee(half_light: np.ndarray) -> np.ndarray:
+        return 1.0 - 2.0 ** (-(radius_px / half_light) ** 2)
+
+    total = np.hypot(psf_half_light_px, np.asarray(source_half_light_px, float))
+    return ee_point * gauss_ee(total) / gauss_ee(np.asarray(psf_half_light_px, float))
+
+
+def predicted_snr(mag: np.ndarray, x: np.ndarray, y: np.ndarray, err: np.ndarray, pixar_sr: float,
+                  radius_px: float, fraction: np.ndarray) -> np.ndarray:
+    """S/N of sources of AB `mag` in a `radius_px` aperture holding `fraction` of their light.
+
+    Signal: the input flux converted to the mosaic's MJy/sr summed over pixels; noise: the
+    mosaic's ERR array added in quadrature over the same aperture at the source position.
+    Independent of whether the source was detected, so completeness is not biased by it.
+    """
+    ny, nx = err.shape
+    r = int(math.ceil(radius_px))
+    yy, xx = np.mgrid[-r:r + 1, -r:r + 1]
+    inside = xx**2 + yy**2 <= radius_px**2
+    snr = np.full(len(mag), np.nan)
+    signal = 3631.0 * 10 ** (-0.4 * np.asarray(mag, float)) * 1e-6 / pixar_sr * np.asarray(fraction, float)
+    for k, (xc, yc) in enumerate(zip(np.rint(x).astype(int), np.rint(y).astype(int), strict=True)):
+        if not (r <= xc < nx - r and r <= yc < ny - r):
+            continue
+        box = err[yc - r:yc + r + 1, xc - r:xc + r + 1][inside]
+        if not np.all(np.isfinite(box)) or np.any(box <= 0):
+            continue  # on the mosaic edge or a masked pixel: no reliable prediction
+        snr[k] = signal[k] / math.sqrt(float(np.sum(box**2)))
+    return snr
+
+
+def _apertures(cat_meta: dict[str, Any], pixel_arcsec: float) -> tuple[float, float, float]:
+    """(largest EE aperture radius px, its encircled energy, PSF half-light radius px).
+
+    source_catalog records `aperture_ee` (percent) and `aperture_radii` (mosaic pixels) under
+    `aperture_params`; without them a 0.1" aperture holding EE_FRACTION is assumed.
+    """
+    params = cat_meta.get("aperture_params", cat_meta)
+    ee = np.atleast_1d(np.asarray(params.get("aperture_ee", []), float))
+    radii = np.atleast_1d(np.asarray(params.get("aperture_radii", []), float))
+    if ee.size >= 2 and ee.size == radii.size and np.all(radii > 0):
+        k = int(np.argmax(ee))
+        half = float(np.interp(50.0, ee, radii))
+        return float(radii[k]), float(ee[k]) / 100.0, half
+    radius = max(2.0, 0.1 / pixel_arcsec)
+    return radius, EE_FRACTION, radius / 1.5
+
+
+# --- the check -------------------------------------------------------------------------------
+def check_filter(cfg: Any, filter_: str, i2d: Path, cat: Path) -> dict[str, Any]:
+    """Match the Image3 catalog of one filter to the input catalog; numbers for summary.json."""
+    from astropy.table import Table
+    from stdatamodels.jwst import datamodels
+
+    filt = filter_.upper()
+    sky = input_catalog(cfg)
+    if filt not in sky.mags:
+        raise ValueError(f"input catalog has no {filt} magnitudes (check catalog.columns.mag)")
+    out = Table.read(cat, format="ascii.ecsv")
+    with datamodels.open(i2d) as model:
+        wcs = model.meta.wcs
+        shape = model.data.shape
+        err = np.array(model.err, dtype=float)
+        wht = np.array(model.wht, dtype=float)
+        pixar_sr = float(model.meta.photometry.pixelarea_steradians)
+        pixel_arcsec = math.degrees(math.sqrt(pixar_sr)) * 3600.0
+
+    mags_all = np.asarray(sky.mags[filt], float)
+    ra_all, dec_all = np.asarray(sky.ra, float), np.asarray(sky.dec, float)
+    good = np.isfinite(mags_all) & np.isfinite(ra_all) & np.isfinite(dec_all)
+    radius_px, ee, psf_half = _apertures(dict(out.meta), pixel_arcsec)
+    on = good & on_image(wcs, shape, ra_all, dec_all, border=radius_px + 2)
+    idx = np.flatnonzero(on)
+    x_in, y_in = (np.asarray(v) for v in wcs.world_to_pixel_values(ra_all[idx], dec_all[idx]))
+    # only where the mosaic has data (weight > 0 at the source position)
+    xi, yi = np.rint(x_in).astype(int), np.rint(y_in).astype(int)
+    covered = wht[yi, xi] > 0
+    idx, x_in, y_in = idx[covered], x_in[covered], y_in[covered]
+
+    # tangent point: the mosaic centre (a median of RAs would break across RA = 0)
+    ra0, dec0 = (float(v) for v in wcs.pixel_to_world_values((shape[-1] - 1) / 2.0, (shape[-2] - 1) / 2.0))
+    xy_all = _tangent(ra_all[good], dec_all[good], ra0, dec0)
+    mags_good = mags_all[good]
+    pos_in_good = np.cumsum(good) - 1  # index into the `good` arrays
+    # galaxies spread their light: circularized half-light radius in mosaic pixels (0 for stars)
+    size_px = np.where(sky.is_star[idx], 0.0,
+                       np.asarray(sky.radius, float)[idx] * np.sqrt(np.asarray(sky.axis_ratio, float)[idx])) / pixel_arcsec
+    fraction = aperture_fraction(radius_px, psf_half, size_px, ee)
+    snr = predicted_snr(mags_all[idx], x_in, y_in, err, pixar_sr, radius_px, fraction)
+    bright = np.isfinite(snr) & (snr > SNR_MIN)
+    iso = isolated(xy_all, mags_good, pos_in_good[idx], xy_all, mags_good) if len(idx) else np.zeros(0, bool)
+    sample = bright & iso
+
+    # nearest output source on the sky
+    n_out = len(out)
+    matched = np.zeros(len(idx), bool)
+    dx = np.full(len(idx), np.nan)
+    dy = np.full(len(idx), np.nan)
+    mag_total = np.full(len(idx), np.nan)
+    snr_measured = np.full(len(idx), np.nan)
+    mag_iso = np.full(len(idx), np.nan)
+    if n_out and len(idx):
+        from scipy.spatial import cKDTree
+
+        sc = out["sky_centroid"]
+        out_xy = _tangent(sc.ra.deg, sc.dec.deg, ra0, dec0)
+        dist, j = cKDTree(out_xy).query(xy_all[pos_in_good[idx]], k=1)
+        matched = dist <= MATCH_RADIUS_ARCSEC
+        jm = j[matched]
+        dx[matched] = np.asarray(out["xcentroid"], float)[jm] - x_in[matched]
+        dy[matched] = np.asarray(out["ycentroid"], float)[jm] - y_in[matched]
+        mag_total[matched] = _column(out, "aper_total_abmag")[jm]
+        mag_iso[matched] = _column(out, "isophotal_abmag")[jm]
+        ap = f"aper{int(round(ee * 100))}"
+        if f"{ap}_flux" in out.colnames:
+            snr_measured[matched] = _column(out, f"{ap}_flux")[jm] / _column(out, f"{ap}_flux_err")[jm]
+
+    is_star = np.asarray(sky.is_star, bool)[idx]
+    rec = sample & matched
+    rec_stars = rec & is_star
+    snr_ratio = snr_measured / snr
+    resid_total = mag_total - mags_all[idx]
+    resid_iso = mag_iso - mags_all[idx]
+    stars = rec & is_star & np.isfinite(resid_total)
+    if stars.sum() >= MIN_STARS_FOR_HEADLINE:
+        head_sel, population = stars, "stars"
+    else:
+        head_sel, population = rec & np.isfinite(resid_total), "all"
+    completeness = float(rec.sum() / sample.sum()) if sample.sum() else float("nan")
+    result = {
+        "filter": filt,
+        "n_output_sources": int(n_out),
+        "n_input_on_mosaic": int(len(idx)),
+        "n_bright_isolated": int(sample.sum()),
+        "n_recovered": int(rec.sum()),
+        "completeness": completeness,
+        "snr_min": SNR_MIN,
+        "snr_basis": (f"predicted from the input AB magnitude and size and the mosaic ERR array, in the catalog's "
+                      f"{radius_px:.2f}-pixel aperture (holding {ee:.0%} of a point source's light; galaxies: "
+                      "Gaussian approximation of the PSF-convolved profile)"),
+        "snr_measured_over_predicted_stars": _median(snr_ratio[rec_stars]),
+        "match_radius_arcsec": MATCH_RADIUS_ARCSEC,
+        "missed": _missed(sample & ~matched, mags_all[idx], snr, is_star, size_px * pixel_arcsec),
+        "isolation": f"no neighbour within {ISOLATION_RADIUS_ARCSEC}\" brighter than own mag + {ISOLATION_DMAG}",
+        "pixel_arcsec": pixel_arcsec,
+        "offset_px": {
+            "median_dx": _median(dx[rec]), "median_dy": _median(dy[rec]),
+            "scatter_dx": robust_scatter(dx[rec]), "scatter_dy": robust_scatter(dy[rec]),
+            "median_r": _median(np.hypot(dx[rec], dy[rec])),
+        },
+        "mag_residual": {
+            "column": "aper_total_abmag", "population": population, "n": int(head_sel.sum()),
+            "median": _median(resid_total[head_sel]), "scatter": robust_scatter(resid_total[head_sel]),
+            "stars_aper_total": _stats(resid_total[stars]),
+            "galaxies_aper_total": _stats(resid_total[rec & ~is_star]),
+            "galaxies_isophotal": _stats(resid_iso[rec & ~is_star]),
+        },
+    }
+    result["passed"] = passed(result)
+    # per-source arrays for the figure (not written to summary.json)
+    result["_points"] = {"mag_in": mags_all[idx], "snr": snr, "sample": sample, "matched": matched,
+                         "is_star": is_star, "resid_total": resid_total, "dx": dx, "dy": dy}
+    return result
+
+
+def _missed(sel: np.ndarray, mag: np.ndarray, snr: np.ndarray, is_star: np.ndarray,
+            size_arcsec: np.ndarray, limit: int = 10) -> list[dict[str, Any]]:
+    """The bright isolated sources that were not recovered (the first `limit`, brightest first)."""
+    out = []
+    for k in np.flatnonzero(sel)[np.argsort(mag[sel])][:limit]:
+        out.append({"mag": round(float(mag[k]), 3), "snr_predicted": round(float(snr[k]), 1),
+                    "kind": "star" if is_star[k] else "galaxy", "half_light_arcsec": round(float(size_arcsec[k]), 3)})
+    return out
+
+
+def _column(table: Any, name: str) -> np.ndarray:
+    col = table[name]
+    data = np.ma.filled(np.ma.asarray(getattr(col, "value", col), dtype=float), np.nan)
+    return np.asarray(data, float)
+
+
+def _median(values: np.ndarray) -> float:
+    values = np.asarray(values, float)
+    values = values[np.isfinite(values)]
+    return float(np.median(values)) if values.size else float("nan")
+
+
+def _stats(values: np.ndarray) -> dict[str, float]:
+    values = np.asarray(values, float)
+    values = values[np.isfinite(values)]
+    return {"n": int(values.size), "median": _median(values), "scatter": robust_scatter(values)}
+
+
+def passed(r: dict[str, Any]) -> dict[str, bool]:
+    off, mag = r["offset_px"], r["mag_residual"]
+    return {
+        "completeness": bool(r["completeness"] >= MIN_COMPLETENESS),
+        "astrometry": bool(abs(off["median_dx"]) <= MAX_OFFSET_PX and abs(off["median_dy"]) <= MAX_OFFSET_PX
+                           and off["scatter_dx"] <= MAX_SCATTER_PX and off["scatter_dy"] <= MAX_SCATTER_PX),
+        "photometry": bool(abs(mag["median"]) <= MAX_MAG_RESIDUAL),
+    }
+
+
+def public(result: dict[str, Any]) -> dict[str, Any]:
+    """The result without per-source arrays, NaN as null: what goes into summary.json."""
+
+    def clean(v: Any) -> Any:
+        if isinstance(v, dict):
+            return {k: clean(x) for k, x in v.items() if not str(k).startswith("_")}
+        if isinstance(v, float) and not math.isfinite(v):
+            return None
+        return v
+
+    return clean(result)
+
+
+# --- figure ----------------------------------------------------------------------------------
+def figure(results: list[dict[str, Any]], png: Path) -> None:
+    """Per filter: magnitude residual vs input magnitude, and the astrometric offsets."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from dream_hpc.core.rundir import atomic_path
+
+    n = max(len(results), 1)
+    fig, axes = plt.subplots(n, 2, figsize=(11, 4.2 * n), squeeze=False)
+    for row, r in zip(axes, results, strict=False):
+        p = r["_points"]
+        rec = p["sample"] & p["matched"]
+        other = p["matched"] & ~p["sample"]
+        ax = row[0]
+        ax.scatter(p["mag_in"][other], p["resid_total"][other], s=6, c="0.7", label="matched (faint or crowded)")
+        for sel, colour, label in ((rec & p["is_star"], "tab:blue", "bright isolated stars"),
+                                   (rec & ~p["is_star"], "tab:orange", "bright isolated galaxies")):
+            ax.scatter(p["mag_in"][sel], p["resid_total"][sel], s=14, c=colour, label=label)
+        med = r["mag_residual"]["median"]
+        ax.axhline(0, color="k", lw=0.8)
+        for s in (-MAX_MAG_RESIDUAL, MAX_MAG_RESIDUAL):
+            ax.axhline(s, color="k", lw=0.5, ls=":")
+        if math.isfinite(med):
+            ax.axhline(med, color="tab:red", lw=1, label=f"median ({r['mag_residual']['population']}) {med:+.3f}")
+        ax.set_ylim(-1, 1)
+        ax.set_xlabel(f"input {r['filter']} [AB mag]")
+        ax.set_ylabel("aper_total_abmag - input [mag]")
+        ax.set_title(f"{r['filter']}: completeness {r['completeness']:.0%} of {r['n_bright_isolated']} "
+                     f"(S/N>{SNR_MIN:.0f}, isolated)", fontsize=9)
+        ax.legend(fontsize=7, loc="lower left")
+        ax = row[1]
+        ax.scatter(p["dx"][other], p["dy"][other], s=6, c="0.7")
+        ax.scatter(p["dx"][rec], p["dy"][rec], s=14, c="tab:blue")
+        off = r["offset_px"]
+        ax.plot([off["median_dx"]], [off["median_dy"]], "r+", ms=14, mew=2,
+                label=f"median ({off['median_dx']:+.3f}, {off['median_dy']:+.3f}) px")
+        lim = max(0.5, MATCH_RADIUS_ARCSEC / r["pixel_arcsec"])
+        ax.set_xlim(-lim, lim)
+        ax.set_ylim(-lim, lim)
+        ax.set_aspect("equal")
+        ax.axhline(0, color="k", lw=0.5)
+        ax.axvline(0, color="k", lw=0.5)
+        ax.set_xlabel("x offset (output - input) [mosaic px]")
+        ax.set_ylabel("y offset [mosaic px]")
+        ax.set_title(f"{r['filter']}: scatter ({off['scatter_dx']:.3f}, {off['scatter_dy']:.3f}) px", fontsize=9)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    with atomic_path(png) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)
