@@ -2,9 +2,14 @@
 
 Products are compared by their science arrays (per product type, see SCIENCE_EXTENSIONS), never
 by file bytes: headers carry write dates, file names and software versions that legitimately
-differ. Each product is bit-identical, equal within the jwst regression tolerance (rtol 1e-5,
-atol 1e-7; integer arrays such as DQ must match exactly), or different (which extension, how many
-pixels, max abs/rel difference and where). Ignored fields are listed in docs/provenance.md.
+differ. Compare decides from what it has. Where both products' files are present, each is
+bit-identical, equal within the jwst regression tolerance (rtol 1e-5, atol 1e-7; integer arrays
+such as DQ must match exactly), or different (which extension, how many pixels, max abs/rel
+difference and where). Where one run's file is absent (the record carried alone to another
+cluster), the product present is checked against the other run's recorded science digest
+(prov_digest): equal is a bitwise reproduction; different says exactly that, and that the other
+file is needed to see how. What cannot be checked is INCOMPLETE, never counted as a difference.
+Ignored fields are listed in docs/provenance.md.
 """
 
 from __future__ import annotations
@@ -18,37 +23,31 @@ from typing import Any
 
 import numpy as np
 
+from dream_hpc.prov_digest import SCIENCE_EXTENSIONS, is_preview, science_digest, strip_json, suffix
 from dream_hpc.prov_read import ProvenanceError, load, products
 from dream_hpc.provenance import flatten_params
+from dream_hpc.rundir import sha256_file
 
 RTOL, ATOL = 1e-5, 1e-7  # jwst's regression-test tolerance
-# Science arrays compared per product type (file suffix); other suffixes: every image extension.
-SCIENCE_EXTENSIONS = {
-    "uncal": ("SCI", "ZEROFRAME", "REFOUT"),
-    "rate": ("SCI", "ERR", "DQ", "VAR_POISSON", "VAR_RNOISE", "VAR_FLAT"),
-    "rateints": ("SCI", "ERR", "DQ", "VAR_POISSON", "VAR_RNOISE", "VAR_FLAT"),
-    "cal": ("SCI", "ERR", "DQ", "VAR_POISSON", "VAR_RNOISE", "VAR_FLAT"),
-    "crf": ("SCI", "ERR", "DQ"),
-    "i2d": ("SCI", "ERR", "CON", "WHT", "VAR_POISSON", "VAR_RNOISE", "VAR_FLAT"),
-    "segm": ("SCI",),
-}
 # Config keys that name places on one machine; what they point to is compared by its hash instead.
 PATH_KEYS = ("catalog.path", "references.crds_path", "references.mirage_data", "pointings.apt.xml",
              "pointings.apt.pointing")
 # Step/Mirage parameters that say where files go in this run, not how pixels are made.
 IGNORED_PARAM_KEYS = ("output_dir", "input_dir", "directory")
-# Keys of JSON products (associations) that carry software versions or pool names, not science.
-IGNORED_JSON_KEYS = ("code_version", "version_id", "asn_pool", "asn_id")
-# Products that are pictures of other products: not science, and their bytes carry renderer metadata.
-PREVIEW_SUFFIXES = (".png", ".jpg", ".pdf", ".svg")
 MAX_LISTED = 10
+# Product verdicts. `missing`: A recorded it, B did not produce it (a difference in outcome).
+# `unchecked`: nothing to check it with (a file absent and no usable digest, or unreadable): never a difference.
+PRODUCT_VERDICTS = ("identical", "within tolerance", "different", "missing", "unchecked")
+# compare's exit codes, one per verdict (reproduce returns them too; 2 stays "refused / bad input").
+EXIT_REPRODUCED, EXIT_NOT_REPRODUCED, EXIT_INCOMPLETE = 0, 1, 3
 
 
 @dataclass
 class ProductDiff:
     path: str
-    verdict: str  # identical | within tolerance | different | unavailable
+    verdict: str  # one of PRODUCT_VERDICTS
     details: list[str] = field(default_factory=list)
+    by: str = "arrays"  # how it was decided: arrays (both files) | record (a file against the other's record)
 
 
 @dataclass
@@ -72,10 +71,33 @@ class Comparison:
         return out
 
     @property
+    def differences(self) -> list[str]:
+        """What differs in what decides the pixels, one phrase each (empty: nothing found to differ)."""
+        counts = self.counts
+        return [w for w, bad in (("parameters differ", self.parameters), ("seeds differ", self.seeds),
+                                 ("unit outcomes differ", self.units),
+                                 (f"{counts.get('different', 0)} product(s) differ", counts.get("different")),
+                                 (f"{counts.get('missing', 0)} product(s) of A not produced by B",
+                                  counts.get("missing"))) if bad]
+
+    @property
+    def verdict(self) -> str:
+        """REPRODUCED | REPRODUCED within tolerance | NOT REPRODUCED | INCOMPLETE."""
+        if self.differences:
+            return "NOT REPRODUCED"
+        if not self.products or self.counts.get("unchecked"):
+            return "INCOMPLETE"
+        return "REPRODUCED within tolerance" if self.counts.get("within tolerance") else "REPRODUCED"
+
+    @property
     def reproduced(self) -> bool:
         """Same parameters and seeds gave the same pixels (software/reference drift only noted)."""
-        return (bool(self.products) and not self.parameters and not self.seeds and not self.units
-                and all(p.verdict in ("identical", "within tolerance") for p in self.products))
+        return self.verdict.startswith("REPRODUCED")
+
+    @property
+    def exit_code(self) -> int:
+        return {"NOT REPRODUCED": EXIT_NOT_REPRODUCED, "INCOMPLETE": EXIT_INCOMPLETE}.get(self.verdict,
+                                                                                         EXIT_REPRODUCED)
 
 
 # --- arrays -----------------------------------------------------------------------------------
@@ -111,15 +133,10 @@ def compare_arrays(a: np.ndarray, b: np.ndarray, name: str) -> tuple[str, str]:
 
 
 def _worst(verdicts: list[str]) -> str:
-    for v in ("unavailable", "different", "within tolerance"):
+    for v in ("different", "within tolerance"):
         if v in verdicts:
             return v
     return "identical"
-
-
-def _suffix(rel: str) -> str:
-    stem = Path(rel).name.split(".", 1)[0]
-    return stem.rsplit("_", 1)[-1] if "_" in stem else ""
 
 
 def compare_fits(pa: Path, pb: Path) -> tuple[str, list[str]]:
@@ -127,7 +144,7 @@ def compare_fits(pa: Path, pb: Path) -> tuple[str, list[str]]:
 
     # memmap cannot scale BZERO arrays (uint16 uncal, uint32 DQ); one product at a time fits in memory
     with fits.open(pa, memmap=False) as fa, fits.open(pb, memmap=False) as fb:
-        names = SCIENCE_EXTENSIONS.get(_suffix(pa.name))
+        names = SCIENCE_EXTENSIONS.get(suffix(pa.name))
         def image_names(f: Any) -> list[str]:
             return [h.name for h in f if h.is_image and h.data is not None]
         if names is None:
@@ -180,35 +197,81 @@ def compare_table(pa: Path, pb: Path) -> tuple[str, list[str]]:
     return _worst(verdicts), details
 
 
-def _strip(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        return {k: _strip(v) for k, v in obj.items() if k not in IGNORED_JSON_KEYS}
-    if isinstance(obj, list):
-        return [_strip(v) for v in obj]
-    return obj
-
-
-def compare_product(rel: str, dir_a: Path, dir_b: Path, sha_a: str, sha_b: str) -> ProductDiff:
-    if sha_a and sha_a == sha_b:
+def compare_files(rel: str, pa: Path, pb: Path) -> ProductDiff:
+    """Both products present: the same file checksum, else their science content, array by array."""
+    if sha256_file(pa) == sha256_file(pb):
         return ProductDiff(rel, "identical", ["same file checksum"])
-    pa, pb = dir_a / rel, dir_b / rel
-    missing = [str(p) for p in (pa, pb) if not p.is_file()]
-    if missing:
-        return ProductDiff(rel, "unavailable", [f"not found: {', '.join(missing)} (arrays cannot be compared)"])
-    try:
-        if rel.endswith((".fits", ".fits.gz")):
-            verdict, details = compare_fits(pa, pb)
-        elif rel.endswith(".ecsv"):
-            verdict, details = compare_table(pa, pb)
-        elif rel.endswith(".json"):
-            same = _strip(json.loads(pa.read_text())) == _strip(json.loads(pb.read_text()))
-            verdict, details = ("identical", []) if same else ("different", ["JSON content differs"])
-        else:
-            same = pa.read_bytes() == pb.read_bytes()
-            verdict, details = ("identical", []) if same else ("different", ["file content differs"])
-    except (OSError, ValueError, TypeError) as e:
-        return ProductDiff(rel, "unavailable", [f"could not be read: {e}"])
+    if rel.endswith((".fits", ".fits.gz")):
+        verdict, details = compare_fits(pa, pb)
+    elif rel.endswith(".ecsv"):
+        verdict, details = compare_table(pa, pb)
+    elif rel.endswith(".json"):
+        same = strip_json(json.loads(pa.read_text())) == strip_json(json.loads(pb.read_text()))
+        verdict, details = ("identical", []) if same else ("different", ["JSON content differs"])
+    else:
+        verdict, details = "different", ["file content differs"]
     return ProductDiff(rel, verdict, details)
+
+
+@dataclass
+class Side:
+    """One run's product: its file here (if any) and what its record says."""
+
+    name: str  # "A" | "B"
+    path: Path
+    sha256: str  # recorded file checksum
+    science_sha256: str  # recorded science digest ("" in records made before digests)
+    present: bool = False
+
+    def __post_init__(self) -> None:
+        self.present = self.path.is_file()
+
+    def current(self) -> tuple[str, str, str]:
+        """(file sha256, science digest, where from) of the file if present, else of the record."""
+        if not self.present:
+            return self.sha256, self.science_sha256, f"{self.name}'s record"
+        return sha256_file(self.path), science_digest(self.path), f"{self.name}'s file"
+
+
+def compare_with_record(rel: str, a: Side, b: Side) -> ProductDiff:
+    """At least one file absent: decide from the file(s) present and the record(s)."""
+    here, there = (a, b) if a.present else (b, a)  # `there` has no file: its record is all there is
+    try:
+        sha_h, sci_h, from_h = here.current()
+    except (OSError, ValueError, TypeError, KeyError) as e:
+        if here is b:  # B's own product cannot be read: not a reproduction of a product that could
+            return ProductDiff(rel, "different", [f"B's file cannot be read: {e}"], by="record")
+        here.present = False  # A's file unreadable: A's record is what there is
+        sha_h, sci_h, from_h = here.current()
+    sha_t, sci_t, from_t = there.current()
+    changed = ([f"{here.name}'s file is not the one its own record names (changed after its run; "
+                f"`dream-hpc audit` says more)"] if here.present and here.sha256 and sha_h != here.sha256 else [])
+    if sha_h and sha_h == sha_t:
+        return ProductDiff(rel, "identical", [f"same file checksum ({from_h}, {from_t})"], by="record")
+    if sci_h and sci_t:
+        if sci_h == sci_t:
+            return ProductDiff(rel, "identical", [f"science digest of {from_h} equals {from_t}'s "
+                                                  f"({sci_t[:12]}): bit-identical science arrays"], by="record")
+        return ProductDiff(rel, "different", [
+            f"differs from the record: science digest {sci_h[:12]} ({from_h}) vs {sci_t[:12]} ({from_t}); "
+            f"{there.name}'s file {there.path} is not here: bring it to see which arrays differ, where and by "
+            "how much (and whether within tolerance)", *changed], by="record")
+    why = (f"{there.name}'s file {there.path} is not here and " + (
+        f"{there.name}'s record has no science digest (made before they were recorded)" if not sci_t
+        else f"{here.name}'s record has no science digest"))
+    return ProductDiff(rel, "unchecked", [f"{why}; the file checksums differ, which headers alone explain: "
+                                          f"bring {there.name}'s file to compare the arrays"], by="record")
+
+
+def compare_product(rel: str, dir_a: Path, dir_b: Path, rec_a: dict[str, str], rec_b: dict[str, str]) -> ProductDiff:
+    a = Side("A", dir_a / rel, rec_a.get("sha256", ""), rec_a.get("science_sha256", ""))
+    b = Side("B", dir_b / rel, rec_b.get("sha256", ""), rec_b.get("science_sha256", ""))
+    try:
+        if a.present and b.present:
+            return compare_files(rel, a.path, b.path)
+        return compare_with_record(rel, a, b)
+    except (OSError, ValueError, TypeError, KeyError) as e:
+        return ProductDiff(rel, "unchecked", [f"could not be read: {e}"])
 
 
 # --- records ----------------------------------------------------------------------------------
@@ -338,15 +401,19 @@ def compare(a: str | Path, b: str | Path) -> Comparison:
     names, last = sorted(set(pa) | set(pb)), [0.0]
     for i, rel in enumerate(names, 1):
         _progress(i, len(names), last)
-        if rel.lower().endswith(PREVIEW_SUFFIXES):
+        if is_preview(rel):
             continue  # a preview of a product compared below
         if rel not in pb:
-            cmp.products.append(ProductDiff(rel, "unavailable", ["recorded by A only (B did not produce it)"]))
+            cmp.products.append(ProductDiff(rel, "missing", ["recorded by A only (B did not produce it)"], by="record"))
         elif rel not in pa:
             cmp.notes.append(f"{rel}: produced by B only")
         else:
-            cmp.products.append(compare_product(rel, Path(va["run_dir"]), Path(vb["run_dir"]),
-                                                pa[rel]["sha256"], pb[rel]["sha256"]))
+            cmp.products.append(compare_product(rel, Path(va["run_dir"]), Path(vb["run_dir"]), pa[rel], pb[rel]))
+    absent = [side for side, v, p in (("A", va, pa), ("B", vb, pb))
+              if p and not any((Path(v["run_dir"]) / rel).is_file() for rel in p)]
+    for side in absent:
+        cmp.notes.append(f"none of {side}'s product files is here ({side} is its record alone): its products are "
+                         "checked by their recorded science digests")
     return cmp
 
 
@@ -370,27 +437,42 @@ def report(cmp: Comparison, va_summary: str = "") -> list[str]:
     lines += _section("seeds", cmp.seeds, "every unit's seeds")
     lines += _section("units", cmp.units, "every unit's status")
     counts = cmp.counts
+    by_record = sum(1 for p in cmp.products if p.by == "record")
     lines.append(f"products    {len(cmp.products)} compared: " + ", ".join(
-        f"{counts.get(k, 0)} {k}" for k in ("identical", "within tolerance", "different", "unavailable")
-        if counts.get(k)) if cmp.products else "products    none recorded in A")
-    for p in cmp.products:
-        if p.verdict != "identical":
-            lines.append(f"  {p.verdict}: {p.path}")
-            lines += [f"      {d}" for d in p.details[:MAX_LISTED]]
+        f"{counts.get(k, 0)} {k}" for k in PRODUCT_VERDICTS if counts.get(k))
+        + (f" ({by_record} by recorded checksums)" if by_record else "") if cmp.products
+        else "products    none recorded in A")
+    listed = [p for p in cmp.products if p.verdict != "identical"]
+    for p in listed[:MAX_LISTED * 5]:
+        lines.append(f"  {p.verdict}: {p.path}")
+        lines += [f"      {d}" for d in p.details[:MAX_LISTED]]
+    if len(listed) > MAX_LISTED * 5:
+        lines.append(f"  ... and {len(listed) - MAX_LISTED * 5} more (--json lists every product)")
     lines += [f"note        {n}" for n in cmp.notes[:MAX_LISTED]]
-    if cmp.reproduced:
-        how = "every science array bit-identical" if counts.get("within tolerance", 0) == 0 else (
-            f"science arrays equal within rtol {RTOL:g}, atol {ATOL:g}")
-        drift = " (despite software/reference differences listed above)" if cmp.software or cmp.references else ""
-        lines.append(f"verdict     REPRODUCED: {how}{drift}")
-    else:
-        why = [w for w, bad in (("parameters differ", cmp.parameters), ("seeds differ", cmp.seeds),
-                                ("unit outcomes differ", cmp.units),
-                                ("products differ or are missing", any(p.verdict in ("different", "unavailable")
-                                                                       for p in cmp.products)),
-                                ("no products to compare", not cmp.products)) if bad]
-        lines.append(f"verdict     NOT REPRODUCED: {', '.join(why)}")
+    lines.append(f"verdict     {verdict_line(cmp)}")
     return lines
+
+
+def verdict_line(cmp: Comparison) -> str:
+    verdict, counts = cmp.verdict, cmp.counts
+    if verdict == "NOT REPRODUCED":
+        named = [p.path for p in cmp.products if p.verdict in ("different", "missing")]
+        where = f" ({', '.join(named[:3])}{', ...' if len(named) > 3 else ''})" if named else ""
+        return f"NOT REPRODUCED: {', '.join(cmp.differences)}{where}"
+    if verdict == "INCOMPLETE":
+        if not cmp.products:
+            return "INCOMPLETE: A records no finished products, so nothing could be checked"
+        n = counts.get("unchecked", 0)
+        return (f"INCOMPLETE: {n} of {len(cmp.products)} product(s) could not be checked (listed above, with why); "
+                "nothing checked differs")
+    drift = " (despite software/reference differences listed above)" if cmp.software or cmp.references else ""
+    by_record = any(p.by == "record" for p in cmp.products)
+    how = "by recorded checksums" if all(p.by == "record" for p in cmp.products) else (
+        "by arrays and recorded checksums" if by_record else "")
+    if verdict == "REPRODUCED within tolerance":
+        return (f"REPRODUCED within tolerance: {counts.get('within tolerance', 0)} product(s) equal within rtol "
+                f"{RTOL:g}, atol {ATOL:g}, the rest bit-identical{drift}")
+    return f"REPRODUCED: every science array bit-identical{' ' + how if how else ''}{drift}"
 
 
 def run_compare(args: argparse.Namespace) -> int:
@@ -404,6 +486,7 @@ def run_compare(args: argparse.Namespace) -> int:
     if args.json:
         from dream_hpc.rundir import atomic_write_text
 
-        atomic_write_text(args.json, json.dumps(asdict(cmp) | {"reproduced": cmp.reproduced}, indent=1) + "\n")
+        atomic_write_text(args.json, json.dumps(asdict(cmp) | {"verdict": cmp.verdict, "reproduced": cmp.reproduced,
+                                                               "exit_code": cmp.exit_code}, indent=1) + "\n")
     sys.stdout.flush()
-    return 0 if cmp.reproduced else 1
+    return cmp.exit_code

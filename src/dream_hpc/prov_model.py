@@ -98,6 +98,7 @@ class StageRecord:
     record_hash: str = ""  # the journal record this state comes from
     inputs: dict[str, str] = field(default_factory=dict)
     outputs: dict[str, str] = field(default_factory=dict)
+    science_sha256: dict[str, str] = field(default_factory=dict)  # output -> science digest (prov_digest)
     refs: dict[str, str] = field(default_factory=dict)
     ref_sha256: dict[str, str] = field(default_factory=dict)
     params: dict[str, Any] = field(default_factory=dict)
@@ -243,7 +244,8 @@ def build(files: list[JournalFile]) -> Model:
 
 def _fill_done(st: StageRecord, time: str, rec: dict[str, Any], data: dict[str, Any]) -> None:
     st.status, st.end, st.error, st.record_hash = "done", time, "", str(rec.get("hash", ""))
-    for key in ("inputs", "outputs", "refs", "ref_sha256", "params", "seeds", "step_times", "extra"):
+    for key in ("inputs", "outputs", "science_sha256", "refs", "ref_sha256", "params", "seeds", "step_times",
+                "extra"):
         value = data.get(key)
         setattr(st, key, dict(value) if isinstance(value, dict) else {})
     st.wall_s, st.cpu_s, st.peak_rss_mb = (_number(data.get(k)) for k in ("wall_s", "cpu_s", "peak_rss_mb"))
@@ -270,8 +272,9 @@ def _unit_event(unit: UnitRecord, kind: str, time: str, attempt: int, rec: dict[
                 data: dict[str, Any]) -> None:
     stage = str(data.get("stage", ""))
     step = str(data.get("step", ""))
-    detail = {k: v for k, v in data.items() if k not in ("stage", "step", "inputs", "outputs", "refs",
-                                                        "ref_sha256", "params", "seeds", "step_times", "extra")}
+    detail = {k: v for k, v in data.items() if k not in ("stage", "step", "inputs", "outputs", "science_sha256",
+                                                        "refs", "ref_sha256", "params", "seeds", "step_times",
+                                                        "extra")}
     unit.events.append((time, attempt, int(rec.get("rank", -1)), str(rec.get("host", "")), str(kind),
                         stage, step, canonical(detail) if detail else ""))
     current = unit.stages.get(stage)
@@ -335,7 +338,7 @@ def _mosaic_event(mosaics: dict[str, StageRecord], kind: str, time: str, attempt
     if kind == "mosaic_done":
         _fill_done(st, time, rec, data)
         st.asn = data.get("asn")
-        known = {"filter", "asn", "inputs", "outputs", "refs", "ref_sha256", "params", "seeds", "step_times",
+        known = {"filter", "asn", "inputs", "outputs", "science_sha256", "refs", "ref_sha256", "params", "seeds", "step_times",
                  "extra", "wall_s", "cpu_s", "peak_rss_mb", "start"}
         st.extra |= {k: v for k, v in data.items() if k not in known}
     else:  # mosaic_failed: an error, a time limit, or blocked (its inputs never finished)

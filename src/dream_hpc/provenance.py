@@ -21,6 +21,7 @@ import numpy as np
 
 from dream_hpc import __version__
 from dream_hpc.journal import journal_files, now_iso
+from dream_hpc.prov_digest import SCHEME as DIGEST_SCHEME
 from dream_hpc.prov_model import JournalFile, Model, StageRecord, build, parse_lines, split_raw, stage_key
 from dream_hpc.prov_read import SCHEMA, ProvenanceError, load, plain
 from dream_hpc.rundir import RunDir, RunDirError, atomic_path
@@ -190,6 +191,8 @@ def _stage(t: Tree, path: str, st: StageRecord, attachments: dict[str, str] | No
     t.group(path, **attrs)
     t.dataset(f"{path}/inputs", _pairs(st.inputs, "path", "sha256"))
     t.dataset(f"{path}/outputs", _pairs(st.outputs, "path", "sha256"))
+    if st.science_sha256:  # absent in records made before science digests (their files stay auditable)
+        t.dataset(f"{path}/science_sha256", _pairs(st.science_sha256, "path", "sha256"), scheme=DIGEST_SCHEME)
     refs = [(rt, name, st.ref_sha256.get(name, "")) for rt, name in sorted(st.refs.items())]
     t.dataset(f"{path}/refs", table(refs, [("reftype", "str"), ("name", "str"), ("sha256", "str")]))
     t.dataset(f"{path}/params_table", table(flatten_params(st.params), [("name", "str"), ("value", "str")]),
@@ -357,7 +360,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--skip-products", action="store_true", help="do not re-hash products on disk (quick)")
     p.set_defaults(func=_cmd_audit)
 
-    p = sub.add_parser("compare", help="did run B reproduce run A? software, references, parameters, pixels")
+    p = sub.add_parser("compare", help="did run B reproduce run A? software, references, parameters, pixels "
+                                       "(exit 0 reproduced, 1 not reproduced, 3 incomplete)")
     p.add_argument("a", help="provenance.h5 (or run directory) of the reference run")
     p.add_argument("b", help="provenance.h5 (or run directory) of the run to check")
     p.add_argument("--json", metavar="FILE", help="also write the full comparison as JSON")

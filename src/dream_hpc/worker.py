@@ -224,6 +224,11 @@ class _Worker:
             self.events.send("stage_failed", stage=stage, error=msg)
             return None
         data = result.to_dict() if hasattr(result, "to_dict") else dict(result)
+        # headers change every run; this is what lets another cluster's run be checked against the
+        # record alone (`compare` without the original files). Read back while in the page cache.
+        from dream_hpc.prov_digest import science_digests
+
+        data["science_sha256"] = science_digests(self.run.root, data.get("outputs", {}))
         self.events.send("stage_done", stage=stage, result=data, wall_s=time.time() - wall0,
                          cpu_s=cpu_seconds() - cpu0, peak_rss_mb=peak_rss_mb(), start=wall0)
         for fault in self._matching(stage, None):
@@ -596,7 +601,8 @@ class Executor:
         common = dict(inputs=r.get("inputs", {}), outputs=r.get("outputs", {}), refs=r.get("refs", {}),
                       ref_sha256=r.get("ref_sha256", {}), params=r.get("params", {}),
                       wall_s=ev["wall_s"], cpu_s=ev["cpu_s"], peak_rss_mb=ev["peak_rss_mb"],
-                      start=_iso(ev["start"]), step_times=r.get("step_times", {}), extra=r.get("extra", {}))
+                      start=_iso(ev["start"]), step_times=r.get("step_times", {}), extra=r.get("extra", {}),
+                      science_sha256=r.get("science_sha256", {}))
         if task.kind == "unit":
             self.journal.write("stage_done", task.key, stage=stage, seeds=r.get("seeds", {}), **common)
         else:
