@@ -197,9 +197,13 @@ def compare_table(pa: Path, pb: Path) -> tuple[str, list[str]]:
     return _worst(verdicts), details
 
 
-def compare_files(rel: str, pa: Path, pb: Path) -> ProductDiff:
-    """Both products present: the same file checksum, else their science content, array by array."""
-    if sha256_file(pa) == sha256_file(pb):
+def compare_files(rel: str, pa: Path, pb: Path, recorded_same: bool) -> ProductDiff:
+    """Both products present: the same file checksum, else their science content, array by array.
+
+    The files are hashed only when their records say they are the same file (an edit since is then
+    caught); records that differ (every real rerun: the headers carry dates) go straight to the arrays.
+    """
+    if recorded_same and sha256_file(pa) == sha256_file(pb):
         return ProductDiff(rel, "identical", ["same file checksum"])
     if rel.endswith((".fits", ".fits.gz")):
         verdict, details = compare_fits(pa, pb)
@@ -268,7 +272,7 @@ def compare_product(rel: str, dir_a: Path, dir_b: Path, rec_a: dict[str, str], r
     b = Side("B", dir_b / rel, rec_b.get("sha256", ""), rec_b.get("science_sha256", ""))
     try:
         if a.present and b.present:
-            return compare_files(rel, a.path, b.path)
+            return compare_files(rel, a.path, b.path, bool(a.sha256) and a.sha256 == b.sha256)
         return compare_with_record(rel, a, b)
     except (OSError, ValueError, TypeError, KeyError) as e:
         return ProductDiff(rel, "unchecked", [f"could not be read: {e}"])
