@@ -20,6 +20,7 @@ from dream_hpc.core.digests import sha256_file
 from dream_hpc.core.journal import JournalWriter
 from dream_hpc.core.rundir import RunDir
 from dream_hpc.core.workunit import STAGES
+from dream_hpc.provenance.digest import science_digest
 from dream_hpc.provenance.facts import collect
 
 CONFIG = """\
@@ -173,7 +174,8 @@ def _unit(run: RunDir, w: JournalWriter, uid: str, date: str, fail: bool = False
         params = ({"jump": {"rejection_threshold": jump_threshold, "maximum_cores": "none"},
                    "ramp_fit": {"algorithm": "OLS_C"}} if stage == "detector1" else
                   {"flat_field": {"skip": False}} if stage == "image2" else {"bkgdrate": 0.2, "cosmic_rays": True})
-        w.write("stage_done", uid, stage=stage, inputs=previous, outputs={rel: sha}, refs=refs,
+        w.write("stage_done", uid, stage=stage, inputs=previous, outputs={rel: sha},
+                science_sha256={rel: science_digest(run.root / rel)}, refs=refs,
                 ref_sha256={v: hashlib.sha256(v.encode()).hexdigest() for v in refs.values()}, params=params,
                 seeds=seeds if stage == "simulate" else {}, step_times={s: 0.1 for s in STEPS[stage]},
                 extra={}, wall_s=1.5, cpu_s=1.4, peak_rss_mb=300.0 + i, start=now())
@@ -195,6 +197,7 @@ def _mosaic(run: RunDir, w: JournalWriter, date: str) -> None:
     w.write("step", None, stage="image3", filter="F150W", step="tweakreg", status="start")
     w.write("step", None, stage="image3", filter="F150W", step="tweakreg", status="done")
     w.write("mosaic_done", None, filter="F150W", asn=asn, inputs=cals, outputs={rel: sha},
+            science_sha256={rel: science_digest(run.root / rel)},
             params={"tweakreg": {"minobj": 5, "abs_refcat": ""}}, refs={"apcorr": "crds://jwst_nircam_apcorr_0001.fits"},
             ref_sha256={"crds://jwst_nircam_apcorr_0001.fits": "cd" * 32}, start=now(), wall_s=12.0, cpu_s=11.0, peak_rss_mb=900.0)
 

@@ -12,7 +12,7 @@ from _provenance_fixtures import UNITS, make_run
 
 from dream_hpc.cli import main
 from dream_hpc.provenance import write
-from dream_hpc.provenance.compare import compare_arrays
+from dream_hpc.provenance.compare_products import compare_arrays
 
 CAL = f"exposures/{UNITS[0]}_cal.fits"
 
@@ -56,7 +56,7 @@ def test_one_pixel_different_is_reported_with_where_and_how_much(run_a, tmp_path
     assert rc == 1
     assert "9 identical, 1 different" in out and f"different: {CAL}" in out
     assert "SCI: DIFFERENT, 1 of 256 pixels differ, max abs 0.25 at [3, 4]" in out
-    assert "NOT REPRODUCED: products differ" in out
+    assert f"NOT REPRODUCED: 1 product(s) differ ({CAL})" in out
 
 
 def test_difference_within_jwst_tolerance_still_reproduces(run_a, tmp_path: Path, capsys) -> None:

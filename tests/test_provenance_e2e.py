@@ -1,6 +1,7 @@
 """Provenance of real runs (Mirage + jwst, the real engine): a rank SIGKILLed then resumed leaves a
-complete, auditable record; `reproduce` with 1 rank gives bit-identical uncal, rate, cal and i2d science
-arrays to the original made with 2 ranks, in another run directory.
+complete, auditable record; `reproduce` with 1 rank, from the record alone carried elsewhere with the kit
+and catalog at other paths, gives bit-identical uncal, rate, cal and i2d science arrays to the original
+made with 2 ranks (by the recorded science digests, and by the arrays with the original's files).
 """
 
 from __future__ import annotations
@@ -128,19 +129,79 @@ def test_one_byte_of_a_real_product_changed_is_named(killed_and_resumed: KilledR
     assert f"modified: exposures/{cal.name}" in audit.stderr and audit.stderr.count("modified:") == 1
 
 
-def test_reproduce_with_one_rank_is_bit_identical(killed_and_resumed: KilledRun) -> None:
-    out = killed_and_resumed.tmp / "R"
-    rep = cli(["reproduce", str(killed_and_resumed.run / "provenance.h5"), "--out", str(out)], killed_and_resumed.tmp)
+def _at_another_path(src: Path, dst: Path) -> None:
+    """A directory tree at another path, as if copied to another cluster, in no time and no space:
+    real directories with a symlink per file (so the new path does not resolve back to the old one,
+    and the original kit's files are not touched, not even their link counts)."""
+    shutil.copytree(src, dst, copy_function=lambda s, d: os.symlink(os.path.realpath(s), d))
+
+
+def _flip_science_byte(path: Path) -> None:
+    """Change one SCI pixel of a FITS product by a factor of 4 (its exponent byte), so it truly differs."""
+    import numpy as np
+    from astropy.io import fits
+
+    with fits.open(path, memmap=False) as f:
+        flat = np.asarray(f["SCI"].data).ravel()
+        offset = f["SCI"].fileinfo()["datLoc"]
+        itemsize = flat.dtype.itemsize
+    usable = np.flatnonzero(np.isfinite(flat) & (np.abs(flat) > 1e-3))
+    data = bytearray(path.read_bytes())
+    data[offset + int(usable[len(usable) // 2]) * itemsize] ^= 0x01  # big-endian: sign and exponent first
+    path.write_bytes(bytes(data))
+
+
+def test_reproduce_elsewhere_from_the_record_alone(killed_and_resumed: KilledRun, refkit_dir: Path) -> None:
+    """The record carried alone to "another cluster" (kit and catalog at other paths, the first run's
+    products absent): reproduced with 1 rank, checked by the recorded science digests; then the same
+    run checked against A's run directory (arrays), and with one science byte of B changed."""
+    tmp, run_a = killed_and_resumed.tmp, killed_and_resumed.run
+    there = tmp / "cluster2"
+    there.mkdir()
+    record = there / "A.h5"
+    shutil.copy2(run_a / "provenance.h5", record)
+    _at_another_path(refkit_dir, there / "kit")
+    shutil.copy2(tmp / "catalog.ecsv", there / "catalog.ecsv")
+    out = there / "R"
+    rep = cli(["reproduce", str(record), "--out", str(out), "--crds-path", str(there / "kit/crds_cache"),
+               "--mirage-data", str(there / "kit/mirage_data"), "--catalog", str(there / "catalog.ecsv")], tmp)
     assert rep.returncode == 0, rep.stdout[-3000:] + rep.stderr[-3000:]
-    assert "REPRODUCED: every science array bit-identical" in rep.stdout
-    cmp = cli(["compare", str(killed_and_resumed.run), str(out), "--json", str(out / "compare.json")],
-              killed_and_resumed.tmp)
+    for key, flag in (("references.crds_path", "--crds-path"), ("references.mirage_data", "--mirage-data"),
+                      ("catalog.path", "--catalog")):
+        assert f"reproduce: remapped {key}: " in rep.stdout and f"({flag} {there}" in rep.stdout, key
+    assert "products    " in rep.stdout and "by recorded checksums)" in rep.stdout
+    assert "unchecked" not in rep.stdout and "different" not in rep.stdout
+    assert "verdict     REPRODUCED: every science array bit-identical by recorded checksums" in rep.stdout
+    view = prov_read.load(out)
+    assert view["run"]["reproduce_source"] == str(record) and view["run"]["mpi_size"] == 1
+    remapped = view["run"]["reproduce_remapped"]
+    assert len(remapped) == 3 and any(line.startswith("references.crds_path: ") and
+                                      line.split(" -> ")[1].startswith(str(there / "kit/crds_cache"))
+                                      for line in remapped), remapped
+
+    # with A's run directory present: every science array compared, as before
+    cmp = cli(["compare", str(run_a), str(out), "--json", str(out / "compare.json")], tmp)
     assert cmp.returncode == 0, cmp.stdout
+    assert "verdict     REPRODUCED: every science array bit-identical\n" in cmp.stdout
     result = json.loads((out / "compare.json").read_text())
-    verdicts = {p["path"]: p["verdict"] for p in result["products"]}
-    assert set(verdicts.values()) == {"identical"}
-    for suffix in (*UNIT_PRODUCTS, "_i2d.fits"):
+    assert result["verdict"] == "REPRODUCED" and result["exit_code"] == 0
+    verdicts = {p["path"]: (p["verdict"], p["by"]) for p in result["products"]}
+    assert set(verdicts.values()) == {("identical", "arrays")}
+    for suffix in (*UNIT_PRODUCTS, "_i2d.fits", "_cat.ecsv"):
         assert any(p.endswith(suffix) for p in verdicts), suffix
     assert not any(result[k] for k in ("software", "references", "parameters", "seeds", "units"))
-    view = prov_read.load(out)
-    assert view["run"]["reproduce_source"].endswith("A/provenance.h5") and view["run"]["mpi_size"] == 1
+
+    # one byte of one science array of B: named from the record alone; shown how with A's files
+    edited = there / "R-edited"
+    shutil.copytree(out, edited)
+    cal = sorted((edited / "exposures").glob("*_cal.fits"))[0]
+    _flip_science_byte(cal)
+    rel = f"exposures/{cal.name}"
+    alone = cli(["compare", str(record), str(edited)], tmp)
+    assert alone.returncode == 1, alone.stdout
+    assert f"  different: {rel}\n      differs from the record: science digest" in alone.stdout
+    assert f"verdict     NOT REPRODUCED: 1 product(s) differ ({rel})" in alone.stdout
+    with_a = cli(["compare", str(run_a), str(edited)], tmp)
+    assert with_a.returncode == 1, with_a.stdout
+    assert f"  different: {rel}\n      SCI: DIFFERENT, 1 of " in with_a.stdout
+    assert f"verdict     NOT REPRODUCED: 1 product(s) differ ({rel})" in with_a.stdout

@@ -47,7 +47,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--skip-products", action="store_true", help="do not re-hash products on disk (quick)")
     p.set_defaults(func=_cmd_audit)
 
-    p = sub.add_parser("compare", help="did run B reproduce run A? software, references, parameters, pixels")
+    p = sub.add_parser("compare", help="did run B reproduce run A? software, references, parameters, pixels "
+                                       "(exit 0 reproduced, 1 not reproduced, 3 incomplete)")
     p.add_argument("a", help="provenance.h5 (or run directory) of the reference run")
     p.add_argument("b", help="provenance.h5 (or run directory) of the run to check")
     p.add_argument("--json", metavar="FILE", help="also write the full comparison as JSON")
@@ -116,6 +117,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     if args.json:
         from dream_hpc.core.rundir import atomic_write_text
 
-        atomic_write_text(args.json, json.dumps(asdict(cmp) | {"reproduced": cmp.reproduced}, indent=1) + "\n")
+        atomic_write_text(args.json, json.dumps(asdict(cmp) | {"verdict": cmp.verdict, "reproduced": cmp.reproduced,
+                                                               "exit_code": cmp.exit_code}, indent=1) + "\n")
     sys.stdout.flush()
-    return 0 if cmp.reproduced else 1
+    return cmp.exit_code

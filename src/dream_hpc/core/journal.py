@@ -11,11 +11,12 @@ Record kinds (``kind``) and their ``data``:
   unit_start  {stage}                          a unit began (stage = first stage to run)
   step        {stage, step, status: start|done}  a jwst step or Mirage phase began/ended
   stage_done  {stage, inputs: {relpath: sha256}, outputs: {relpath: sha256}, refs: {type: name},
-               ref_sha256: {name: sha256}, params: {...}, seeds: {...}, wall_s, cpu_s, peak_rss_mb}
+               ref_sha256: {name: sha256}, params: {...}, seeds: {...}, wall_s, cpu_s, peak_rss_mb,
+               science_sha256: {relpath: science digest (prov_digest)}}
   unit_done   {outputs: {relpath: sha256}, wall_s, peak_rss_mb}
   unit_failed {stage, step, error}           an exception (traceback in the unit log)
   unit_timeout {stage, step, limit_s}        stopped after exceeding its time limit
-  mosaic_done {filter, asn, inputs: {...}, outputs: {...}, params, refs, wall_s, ...}
+  mosaic_done {filter, asn, inputs: {...}, outputs: {...}, science_sha256: {...}, params, refs, wall_s, ...}
   mosaic_failed {filter, error}
   run_end     {status, n_done, n_failed}
 """

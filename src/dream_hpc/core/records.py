@@ -21,6 +21,9 @@ class StageResult:
     stage: str
     inputs: dict[str, str] = field(default_factory=dict)  # path relative to RUN -> sha256
     outputs: dict[str, str] = field(default_factory=dict)  # path relative to RUN -> sha256
+    # path -> sha256 of the product's science content only (provenance/digest.py): headers carry the
+    # date of every run, so this, not the file's sha256, shows a rerun elsewhere reproduced it.
+    science_sha256: dict[str, str] = field(default_factory=dict)
     refs: dict[str, str] = field(default_factory=dict)  # reftype -> reference file name (crds://...)
     ref_sha256: dict[str, str] = field(default_factory=dict)  # reference file name -> sha256
     params: dict[str, Any] = field(default_factory=dict)  # final parameters actually applied

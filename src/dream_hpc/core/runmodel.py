@@ -37,6 +37,7 @@ class StageRecord:
     record_hash: str = ""  # the journal record this state comes from
     inputs: dict[str, str] = field(default_factory=dict)
     outputs: dict[str, str] = field(default_factory=dict)
+    science_sha256: dict[str, str] = field(default_factory=dict)  # output -> science digest (provenance/digest.py)
     refs: dict[str, str] = field(default_factory=dict)
     ref_sha256: dict[str, str] = field(default_factory=dict)
     params: dict[str, Any] = field(default_factory=dict)

@@ -4,8 +4,10 @@ Before anything runs, the installed software, the CRDS context and cache, MIRAGE
 catalog are checked against the record; any difference is named and the run refused unless
 `--allow-drift`, in which case the drift is written to RUN2/reproduce.json, journaled by the
 engine in `run_start` (runinfo.collect) and so kept in RUN2's provenance. The recorded config is
-written to RUN2/config.yaml with every path made absolute for this machine, the engine runs it
-(under MPI too), and the result is compared with the record.
+written to RUN2/config.yaml with every path made absolute for this machine; every path that now
+points elsewhere than the record says (the kit, MIRAGE_DATA, the catalog carried to another
+cluster) is printed and kept in reproduce.json too, with why. The engine runs it (under MPI too),
+and the result is compared with the record (compare's verdict and exit code).
 """
 
 from __future__ import annotations
@@ -63,6 +65,44 @@ def reproduction_config(text: str, base: Path, overrides: dict[str, str | None])
             + yaml.safe_dump(data, sort_keys=False))
 
 
+# Path keys -> the run fact (runinfo.collect) that records where the first run found them, resolved.
+RECORDED_PATH_FACTS = {"references.crds_path": "crds_path", "references.mirage_data": "mirage_data_path",
+                       "catalog.path": "catalog_path"}
+OVERRIDE_FLAGS = {"references.crds_path": "--crds-path", "references.mirage_data": "--mirage-data",
+                  "catalog.path": "--catalog"}
+
+
+def remapped_paths(view: dict[str, Any], cfg: SurveyConfig, overrides: dict[str, str | None],
+                   base: Path, base_why: str) -> list[str]:
+    """One line per config path that now points elsewhere than in the recorded run, and why.
+
+    `KEY: RECORDED -> NOW (why)`; the recorded place is the run's own fact (resolved where it ran)
+    when it has one, else the recorded config's value resolved against the recorded config's directory.
+    """
+    recorded_cfg = parse_config(view["config"], Path(str(view["run"].get("config_path") or "config.yaml")))
+    lines = []
+    for dotted in PATH_KEYS:
+        value = _get(recorded_cfg.to_dict(), dotted)
+        now_value = _get(cfg.to_dict(), dotted)
+        if not value and not now_value:
+            continue
+        recorded = str(view["run"].get(RECORDED_PATH_FACTS.get(dotted, ""), "") or "") or (
+            str(recorded_cfg.resolve(value)) if value else "(not set)")
+        now = str(cfg.resolve(now_value)) if now_value else "(not set)"
+        if recorded == now:
+            continue
+        if overrides.get(dotted):
+            why = f"{OVERRIDE_FLAGS[dotted]} {overrides[dotted]}"
+        elif value and not Path(str(value)).expanduser().is_absolute():
+            why = f"relative '{value}' in the recorded config, resolved against {base} ({base_why})"
+        else:
+            why = "the config's default, resolved on this machine"
+        there = "" if recorded == "(not set)" else (
+            "; the recorded path exists here too" if Path(recorded).exists() else "; the recorded path is not here")
+        lines.append(f"{dotted}: {recorded} -> {now} ({why}{there})")
+    return lines
+
+
 def drift(view: dict[str, Any], cfg: SurveyConfig) -> list[str]:
     """Every way this machine differs from the record in what decides the pixels (one line each)."""
     r = view["run"]
@@ -99,12 +139,22 @@ def prepare(args: argparse.Namespace) -> tuple[Path, list[str]]:
     if not view["config"]:
         raise UserError(f"{view['path']}: holds no config (the run never journaled its start); nothing to reproduce")
     recorded_dir = Path(str(view["run"].get("config_path") or ".")).parent
-    base = Path(args.base).resolve() if args.base else recorded_dir if recorded_dir.is_dir() else Path.cwd()
-    text = reproduction_config(view["config"], base, {
-        "references.crds_path": args.crds_path, "references.mirage_data": args.mirage_data,
-        "catalog.path": args.catalog})
+    if args.base:
+        base, base_why = Path(args.base).resolve(), "--base"
+    elif recorded_dir.is_dir():
+        base, base_why = recorded_dir, "the recorded config's directory"
+    else:
+        base, base_why = Path.cwd(), f"the current directory: the recorded config's directory {recorded_dir} is not here"
+    overrides = {"references.crds_path": args.crds_path, "references.mirage_data": args.mirage_data,
+                 "catalog.path": args.catalog}
+    text = reproduction_config(view["config"], base, overrides)
     run = RunDir(Path(args.out).resolve())
     cfg = parse_config(text, run.config)
+    remapped = remapped_paths(view, cfg, overrides, base, base_why)
+    for line in remapped:
+        print(f"reproduce: remapped {line}")
+    if not remapped:
+        print("reproduce: no path remapped (every path is where the record says)")
     lines = drift(view, cfg)
     for line in lines:
         print(f"drift: {line}", file=sys.stderr)
@@ -122,7 +172,7 @@ def prepare(args: argparse.Namespace) -> tuple[Path, list[str]]:
     atomic_write_text(run.root / REPRODUCE_FILE, json.dumps({
         "source": str(view["path"]), "source_journal_digest": view["root"].get("journal_digest", ""),
         "source_config_sha256": view["run"].get("config_sha256", ""), "allowed_drift": bool(lines),
-        "drift": lines}, indent=1) + "\n")
+        "drift": lines, "remapped": remapped, "base": str(base), "base_why": base_why}, indent=1) + "\n")
     return run.config, lines
 
 
@@ -160,4 +210,4 @@ def run_reproduce(args: argparse.Namespace) -> int:
     print(f"reproduce: record {record}; comparing with {args.record}")
     cmp = compare(args.record, record)
     print("\n".join(report(cmp)))
-    return rc or (0 if cmp.reproduced else 1)
+    return rc or cmp.exit_code

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from dream_hpc.core.records import RESULT_FIELDS
 from dream_hpc.engine.worker import REAL_STAGES
 
 
@@ -287,10 +288,9 @@ class Executor:
         oc.peak_rss_mb = max(oc.peak_rss_mb, ev["peak_rss_mb"])
         oc.stages[stage] = {"start": ev["start"], "end": ev["t"]}
         oc.outputs.update(r.get("outputs", {}))
-        common = dict(inputs=r.get("inputs", {}), outputs=r.get("outputs", {}), refs=r.get("refs", {}),
-                      ref_sha256=r.get("ref_sha256", {}), params=r.get("params", {}),
-                      wall_s=ev["wall_s"], cpu_s=ev["cpu_s"], peak_rss_mb=ev["peak_rss_mb"],
-                      start=_iso(ev["start"]), step_times=r.get("step_times", {}), extra=r.get("extra", {}))
+        # the fields of a StageResult, defined once (core/records.py); seeds belong to units only
+        common = {k: r.get(k, {}) for k in RESULT_FIELDS if k != "seeds"}
+        common |= dict(wall_s=ev["wall_s"], cpu_s=ev["cpu_s"], peak_rss_mb=ev["peak_rss_mb"], start=_iso(ev["start"]))
         if task.kind == "unit":
             self.journal.write("stage_done", task.key, stage=stage, seeds=r.get("seeds", {}), **common)
         else:

@@ -206,6 +206,11 @@ class _Worker:
             self.events.send("stage_failed", stage=stage, error=msg)
             return None
         data = result.to_dict() if hasattr(result, "to_dict") else dict(result)
+        # headers change every run; this is what lets another cluster's run be checked against the
+        # record alone (`compare` without the original files). Read back while in the page cache.
+        from dream_hpc.provenance.digest import science_digests
+
+        data["science_sha256"] = science_digests(self.run.root, data.get("outputs", {}))
         self.events.send("stage_done", stage=stage, result=data, wall_s=time.time() - wall0,
                          cpu_s=cpu_seconds() - cpu0, peak_rss_mb=peak_rss_mb(), start=wall0)
         for fault in self._matching(stage, None):

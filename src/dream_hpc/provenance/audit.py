@@ -261,6 +261,7 @@ def report(result: AuditResult) -> list[str]:
     if r.get("reproduce_source"):
         drift = r.get("reproduce_drift") or []
         lines.append(f"reproduces  {r['reproduce_source']}" + (f" WITH DRIFT: {'; '.join(drift)}" if drift else ""))
+        lines += [f"  remapped  {line}" for line in r.get("reproduce_remapped") or []]
     units = v["units"]
     by_status: dict[str, int] = {}
     for u in units.values():

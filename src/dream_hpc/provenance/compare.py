@@ -2,9 +2,14 @@
 
 Products are compared by their science arrays (per product type, see SCIENCE_EXTENSIONS), never
 by file bytes: headers carry write dates, file names and software versions that legitimately
-differ. Each product is bit-identical, equal within the jwst regression tolerance (rtol 1e-5,
-atol 1e-7; integer arrays such as DQ must match exactly), or different (which extension, how many
-pixels, max abs/rel difference and where). Ignored fields are listed in docs/provenance.md.
+differ. Compare decides from what it has. Where both products' files are present, each is
+bit-identical, equal within the jwst regression tolerance (rtol 1e-5, atol 1e-7; integer arrays
+such as DQ must match exactly), or different (which extension, how many pixels, max abs/rel
+difference and where). Where one run's file is absent (the record carried alone to another
+cluster), the product present is checked against the other run's recorded science digest
+(prov_digest): equal is a bitwise reproduction; different says exactly that, and that the other
+file is needed to see how. What cannot be checked is INCOMPLETE, never counted as a difference.
+Ignored fields are listed in docs/provenance.md.
 """
 
 from __future__ import annotations
@@ -15,39 +20,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
+from dream_hpc.provenance.compare_products import ATOL, PRODUCT_VERDICTS, RTOL, ProductDiff, compare_product
+from dream_hpc.provenance.digest import is_preview
 from dream_hpc.provenance.read import load, products
 from dream_hpc.provenance.write import flatten_params
 
-RTOL, ATOL = 1e-5, 1e-7  # jwst's regression-test tolerance
-# Science arrays compared per product type (file suffix); other suffixes: every image extension.
-SCIENCE_EXTENSIONS = {
-    "uncal": ("SCI", "ZEROFRAME", "REFOUT"),
-    "rate": ("SCI", "ERR", "DQ", "VAR_POISSON", "VAR_RNOISE", "VAR_FLAT"),
-    "rateints": ("SCI", "ERR", "DQ", "VAR_POISSON", "VAR_RNOISE", "VAR_FLAT"),
-    "cal": ("SCI", "ERR", "DQ", "VAR_POISSON", "VAR_RNOISE", "VAR_FLAT"),
-    "crf": ("SCI", "ERR", "DQ"),
-    "i2d": ("SCI", "ERR", "CON", "WHT", "VAR_POISSON", "VAR_RNOISE", "VAR_FLAT"),
-    "segm": ("SCI",),
-}
 # Config keys that name places on one machine; what they point to is compared by its hash instead.
 PATH_KEYS = ("catalog.path", "references.crds_path", "references.mirage_data", "pointings.apt.xml",
              "pointings.apt.pointing")
 # Step/Mirage parameters that say where files go in this run, not how pixels are made.
 IGNORED_PARAM_KEYS = ("output_dir", "input_dir", "directory")
-# Keys of JSON products (associations) that carry software versions or pool names, not science.
-IGNORED_JSON_KEYS = ("code_version", "version_id", "asn_pool", "asn_id")
-# Products that are pictures of other products: not science, and their bytes carry renderer metadata.
-PREVIEW_SUFFIXES = (".png", ".jpg", ".pdf", ".svg")
 MAX_LISTED = 10
 
-
-@dataclass
-class ProductDiff:
-    path: str
-    verdict: str  # identical | within tolerance | different | unavailable
-    details: list[str] = field(default_factory=list)
+# compare's exit codes, one per verdict (reproduce returns them too; 2 stays "refused / bad input").
+EXIT_REPRODUCED, EXIT_NOT_REPRODUCED, EXIT_INCOMPLETE = 0, 1, 3
 
 
 @dataclass
@@ -71,143 +57,33 @@ class Comparison:
         return out
 
     @property
+    def differences(self) -> list[str]:
+        """What differs in what decides the pixels, one phrase each (empty: nothing found to differ)."""
+        counts = self.counts
+        return [w for w, bad in (("parameters differ", self.parameters), ("seeds differ", self.seeds),
+                                 ("unit outcomes differ", self.units),
+                                 (f"{counts.get('different', 0)} product(s) differ", counts.get("different")),
+                                 (f"{counts.get('missing', 0)} product(s) of A not produced by B",
+                                  counts.get("missing"))) if bad]
+
+    @property
+    def verdict(self) -> str:
+        """REPRODUCED | REPRODUCED within tolerance | NOT REPRODUCED | INCOMPLETE."""
+        if self.differences:
+            return "NOT REPRODUCED"
+        if not self.products or self.counts.get("unchecked"):
+            return "INCOMPLETE"
+        return "REPRODUCED within tolerance" if self.counts.get("within tolerance") else "REPRODUCED"
+
+    @property
     def reproduced(self) -> bool:
         """Same parameters and seeds gave the same pixels (software/reference drift only noted)."""
-        return (bool(self.products) and not self.parameters and not self.seeds and not self.units
-                and all(p.verdict in ("identical", "within tolerance") for p in self.products))
+        return self.verdict.startswith("REPRODUCED")
 
-
-# --- arrays -----------------------------------------------------------------------------------
-def compare_arrays(a: np.ndarray, b: np.ndarray, name: str) -> tuple[str, str]:
-    """(identical | within tolerance | different, description) for two science arrays."""
-    if a.shape != b.shape:
-        return "different", f"{name}: shape {a.shape} vs {b.shape}"
-    exact = np.issubdtype(a.dtype, np.integer) or np.issubdtype(a.dtype, np.bool_)
-    equal = a == b if exact else (a == b) | np.isnan(a) & np.isnan(b)
-    if equal.all():
-        return "identical", ""
-    af, bf = a.astype(np.float64), b.astype(np.float64)
-    close = equal if exact else np.isclose(af, bf, rtol=RTOL, atol=ATOL, equal_nan=True)
-    bad = ~close
-    n_bad = int(bad.sum())
-    with np.errstate(invalid="ignore", divide="ignore"):
-        diff = np.abs(af - bf)
-        diff[equal] = 0
-        rel = np.where(np.abs(bf) > 0, diff / np.abs(bf), np.where(diff > 0, np.inf, 0))
-    finite = np.where(np.isfinite(diff), diff, -1)
-    where = np.unravel_index(int(np.argmax(finite)), a.shape)
-    where_txt = "[" + ", ".join(str(int(i)) for i in where) + "]"
-    max_abs = float(diff[where]) if np.isfinite(diff[where]) else float("nan")
-    finite_rel = rel[np.isfinite(rel)]
-    max_rel = float(finite_rel.max()) if finite_rel.size else float("inf")
-    n_diff = int((~equal).sum())
-    summary = (f"{name}: {'within tolerance' if n_bad == 0 else 'DIFFERENT'}, {n_diff} of {a.size} pixels differ, max abs {max_abs:.3g} at {where_txt}, "
-               f"max rel {max_rel:.3g}")
-    if n_bad == 0:
-        return "within tolerance", summary
-    return "different", summary + f"; {n_bad} beyond rtol {RTOL:g}/atol {ATOL:g}" + (
-        " (integer array: must match exactly)" if exact else "")
-
-
-def _worst(verdicts: list[str]) -> str:
-    for v in ("unavailable", "different", "within tolerance"):
-        if v in verdicts:
-            return v
-    return "identical"
-
-
-def _suffix(rel: str) -> str:
-    stem = Path(rel).name.split(".", 1)[0]
-    return stem.rsplit("_", 1)[-1] if "_" in stem else ""
-
-
-def compare_fits(pa: Path, pb: Path) -> tuple[str, list[str]]:
-    from astropy.io import fits
-
-    # memmap cannot scale BZERO arrays (uint16 uncal, uint32 DQ); one product at a time fits in memory
-    with fits.open(pa, memmap=False) as fa, fits.open(pb, memmap=False) as fb:
-        names = SCIENCE_EXTENSIONS.get(_suffix(pa.name))
-        def image_names(f: Any) -> list[str]:
-            return [h.name for h in f if h.is_image and h.data is not None]
-        if names is None:
-            names = tuple(dict.fromkeys(image_names(fa) + image_names(fb)))
-        verdicts, details = [], []
-        for ext in names:
-            ina, inb = ext in fa and fa[ext].data is not None, ext in fb and fb[ext].data is not None
-            if not ina and not inb:
-                continue
-            if ina != inb:
-                verdicts.append("different")
-                details.append(f"{ext}: only in {'A' if ina else 'B'}")
-                continue
-            verdict, text = compare_arrays(np.asarray(fa[ext].data), np.asarray(fb[ext].data), ext)
-            verdicts.append(verdict)
-            if text:
-                details.append(text)
-        if not verdicts:
-            return "different", ["no science arrays found to compare"]
-        return _worst(verdicts), details
-
-
-def compare_table(pa: Path, pb: Path) -> tuple[str, list[str]]:
-    """Source catalogs (ECSV): every column, numbers within tolerance, sky positions in degrees."""
-    from astropy.coordinates import SkyCoord
-    from astropy.table import Table
-
-    ta, tb = Table.read(pa, format="ascii.ecsv"), Table.read(pb, format="ascii.ecsv")
-    if len(ta) != len(tb):
-        return "different", [f"{len(ta)} rows vs {len(tb)}"]
-    if ta.colnames != tb.colnames:
-        return "different", [f"columns differ: {sorted(set(ta.colnames) ^ set(tb.colnames))}"]
-    verdicts, details = [], []
-    for name in ta.colnames:
-        ca, cb = ta[name], tb[name]
-        if isinstance(ca, SkyCoord):
-            pairs = [(f"{name}.ra", ca.ra.deg, cb.ra.deg), (f"{name}.dec", ca.dec.deg, cb.dec.deg)]
-        else:
-            pairs = [(name, np.asarray(ca), np.asarray(cb))]
-        for label, va, vb in pairs:
-            va, vb = np.asarray(va), np.asarray(vb)
-            if va.dtype.kind in "biuf" and vb.dtype.kind in "biuf":
-                verdict, text = compare_arrays(va, vb, label)
-            else:
-                same = bool(np.array_equal(va.astype(str), vb.astype(str)))
-                verdict, text = ("identical", "") if same else ("different", f"{label}: values differ")
-            verdicts.append(verdict)
-            if text:
-                details.append(text)
-    return _worst(verdicts), details
-
-
-def _strip(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        return {k: _strip(v) for k, v in obj.items() if k not in IGNORED_JSON_KEYS}
-    if isinstance(obj, list):
-        return [_strip(v) for v in obj]
-    return obj
-
-
-def compare_product(rel: str, dir_a: Path, dir_b: Path, sha_a: str, sha_b: str) -> ProductDiff:
-    if sha_a and sha_a == sha_b:
-        return ProductDiff(rel, "identical", ["same file checksum"])
-    pa, pb = dir_a / rel, dir_b / rel
-    missing = [str(p) for p in (pa, pb) if not p.is_file()]
-    if missing:
-        return ProductDiff(rel, "unavailable", [f"not found: {', '.join(missing)} (arrays cannot be compared)"])
-    try:
-        if rel.endswith((".fits", ".fits.gz")):
-            verdict, details = compare_fits(pa, pb)
-        elif rel.endswith(".ecsv"):
-            verdict, details = compare_table(pa, pb)
-        elif rel.endswith(".json"):
-            same = _strip(json.loads(pa.read_text())) == _strip(json.loads(pb.read_text()))
-            verdict, details = ("identical", []) if same else ("different", ["JSON content differs"])
-        else:
-            same = pa.read_bytes() == pb.read_bytes()
-            verdict, details = ("identical", []) if same else ("different", ["file content differs"])
-    except (OSError, ValueError, TypeError) as e:
-        return ProductDiff(rel, "unavailable", [f"could not be read: {e}"])
-    return ProductDiff(rel, verdict, details)
+    @property
+    def exit_code(self) -> int:
+        return {"NOT REPRODUCED": EXIT_NOT_REPRODUCED, "INCOMPLETE": EXIT_INCOMPLETE}.get(self.verdict,
+                                                                                         EXIT_REPRODUCED)
 
 
 # --- records ----------------------------------------------------------------------------------
@@ -337,15 +213,19 @@ def compare(a: str | Path, b: str | Path) -> Comparison:
     names, last = sorted(set(pa) | set(pb)), [0.0]
     for i, rel in enumerate(names, 1):
         _progress(i, len(names), last)
-        if rel.lower().endswith(PREVIEW_SUFFIXES):
+        if is_preview(rel):
             continue  # a preview of a product compared below
         if rel not in pb:
-            cmp.products.append(ProductDiff(rel, "unavailable", ["recorded by A only (B did not produce it)"]))
+            cmp.products.append(ProductDiff(rel, "missing", ["recorded by A only (B did not produce it)"], by="record"))
         elif rel not in pa:
             cmp.notes.append(f"{rel}: produced by B only")
         else:
-            cmp.products.append(compare_product(rel, Path(va["run_dir"]), Path(vb["run_dir"]),
-                                                pa[rel]["sha256"], pb[rel]["sha256"]))
+            cmp.products.append(compare_product(rel, Path(va["run_dir"]), Path(vb["run_dir"]), pa[rel], pb[rel]))
+    absent = [side for side, v, p in (("A", va, pa), ("B", vb, pb))
+              if p and not any((Path(v["run_dir"]) / rel).is_file() for rel in p)]
+    for side in absent:
+        cmp.notes.append(f"none of {side}'s product files is here ({side} is its record alone): its products are "
+                         "checked by their recorded science digests")
     return cmp
 
 
@@ -369,24 +249,39 @@ def report(cmp: Comparison, va_summary: str = "") -> list[str]:
     lines += _section("seeds", cmp.seeds, "every unit's seeds")
     lines += _section("units", cmp.units, "every unit's status")
     counts = cmp.counts
+    by_record = sum(1 for p in cmp.products if p.by == "record")
     lines.append(f"products    {len(cmp.products)} compared: " + ", ".join(
-        f"{counts.get(k, 0)} {k}" for k in ("identical", "within tolerance", "different", "unavailable")
-        if counts.get(k)) if cmp.products else "products    none recorded in A")
-    for p in cmp.products:
-        if p.verdict != "identical":
-            lines.append(f"  {p.verdict}: {p.path}")
-            lines += [f"      {d}" for d in p.details[:MAX_LISTED]]
+        f"{counts.get(k, 0)} {k}" for k in PRODUCT_VERDICTS if counts.get(k))
+        + (f" ({by_record} by recorded checksums)" if by_record else "") if cmp.products
+        else "products    none recorded in A")
+    listed = [p for p in cmp.products if p.verdict != "identical"]
+    for p in listed[:MAX_LISTED * 5]:
+        lines.append(f"  {p.verdict}: {p.path}")
+        lines += [f"      {d}" for d in p.details[:MAX_LISTED]]
+    if len(listed) > MAX_LISTED * 5:
+        lines.append(f"  ... and {len(listed) - MAX_LISTED * 5} more (--json lists every product)")
     lines += [f"note        {n}" for n in cmp.notes[:MAX_LISTED]]
-    if cmp.reproduced:
-        how = "every science array bit-identical" if counts.get("within tolerance", 0) == 0 else (
-            f"science arrays equal within rtol {RTOL:g}, atol {ATOL:g}")
-        drift = " (despite software/reference differences listed above)" if cmp.software or cmp.references else ""
-        lines.append(f"verdict     REPRODUCED: {how}{drift}")
-    else:
-        why = [w for w, bad in (("parameters differ", cmp.parameters), ("seeds differ", cmp.seeds),
-                                ("unit outcomes differ", cmp.units),
-                                ("products differ or are missing", any(p.verdict in ("different", "unavailable")
-                                                                       for p in cmp.products)),
-                                ("no products to compare", not cmp.products)) if bad]
-        lines.append(f"verdict     NOT REPRODUCED: {', '.join(why)}")
+    lines.append(f"verdict     {verdict_line(cmp)}")
     return lines
+
+
+def verdict_line(cmp: Comparison) -> str:
+    verdict, counts = cmp.verdict, cmp.counts
+    if verdict == "NOT REPRODUCED":
+        named = [p.path for p in cmp.products if p.verdict in ("different", "missing")]
+        where = f" ({', '.join(named[:3])}{', ...' if len(named) > 3 else ''})" if named else ""
+        return f"NOT REPRODUCED: {', '.join(cmp.differences)}{where}"
+    if verdict == "INCOMPLETE":
+        if not cmp.products:
+            return "INCOMPLETE: A records no finished products, so nothing could be checked"
+        n = counts.get("unchecked", 0)
+        return (f"INCOMPLETE: {n} of {len(cmp.products)} product(s) could not be checked (listed above, with why); "
+                "nothing checked differs")
+    drift = " (despite software/reference differences listed above)" if cmp.software or cmp.references else ""
+    by_record = any(p.by == "record" for p in cmp.products)
+    how = "by recorded checksums" if all(p.by == "record" for p in cmp.products) else (
+        "by arrays and recorded checksums" if by_record else "")
+    if verdict == "REPRODUCED within tolerance":
+        return (f"REPRODUCED within tolerance: {counts.get('within tolerance', 0)} product(s) equal within rtol "
+                f"{RTOL:g}, atol {ATOL:g}, the rest bit-identical{drift}")
+    return f"REPRODUCED: every science array bit-identical{' ' + how if how else ''}{drift}"

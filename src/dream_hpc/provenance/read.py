@@ -111,6 +111,7 @@ def _stage_view(attrs: dict[str, Any], data: dict[str, Any], path: str) -> dict[
         "extra": json.loads(attrs.get("extra") or "{}"),
         "asn": json.loads(attrs["asn"]) if attrs.get("asn") else None,
         "inputs": dict(rows("inputs")), "outputs": dict(rows("outputs")),
+        "science_sha256": dict(rows("science_sha256")),
         "refs": {rt: (name, sha) for rt, name, sha in rows("refs")},
         "params_table": dict(rows("params_table")), "seeds": dict(rows("seeds")),
         "step_times": dict(rows("step_times")),
@@ -158,15 +159,20 @@ def load(path: str | Path) -> dict[str, Any]:
 
 
 def products(view: dict[str, Any]) -> dict[str, dict[str, str]]:
-    """Every product a finished stage or mosaic recorded: relpath -> {sha256, by, kind}."""
+    """Every product a finished stage or mosaic recorded: relpath -> {sha256, science_sha256, by, kind}.
+
+    science_sha256 is "" in records made before science digests were journaled.
+    """
     out: dict[str, dict[str, str]] = {}
     for uid, unit in view["units"].items():
         for stage, st in unit["stages"].items():
             if st["attrs"].get("status") == "done":
                 for rel, sha in st["outputs"].items():
-                    out[rel] = {"sha256": sha, "by": f"{stage} of {uid}", "kind": stage}
+                    out[rel] = {"sha256": sha, "science_sha256": st["science_sha256"].get(rel, ""),
+                                "by": f"{stage} of {uid}", "kind": stage}
     for name, st in view["mosaics"].items():
         if st["attrs"].get("status") == "done":
             for rel, sha in st["outputs"].items():
-                out[rel] = {"sha256": sha, "by": f"image3 of {name}", "kind": "image3"}
+                out[rel] = {"sha256": sha, "science_sha256": st["science_sha256"].get(rel, ""),
+                            "by": f"image3 of {name}", "kind": "image3"}
     return dict(sorted(out.items()))

@@ -22,6 +22,7 @@ from dream_hpc import __version__
 from dream_hpc.core.journal import JournalFile, journal_files, now_iso, parse_lines, split_raw
 from dream_hpc.core.rundir import RunDir, RunDirError, atomic_path
 from dream_hpc.core.runmodel import Model, StageRecord, build, stage_key
+from dream_hpc.provenance.digest import SCHEME as DIGEST_SCHEME
 from dream_hpc.provenance.read import SCHEMA, ProvenanceError, plain
 
 SCHEMA_VERSION = 1
@@ -189,6 +190,8 @@ def _stage(t: Tree, path: str, st: StageRecord, attachments: dict[str, str] | No
     t.group(path, **attrs)
     t.dataset(f"{path}/inputs", _pairs(st.inputs, "path", "sha256"))
     t.dataset(f"{path}/outputs", _pairs(st.outputs, "path", "sha256"))
+    if st.science_sha256:  # absent in records made before science digests (their files stay auditable)
+        t.dataset(f"{path}/science_sha256", _pairs(st.science_sha256, "path", "sha256"), scheme=DIGEST_SCHEME)
     refs = [(rt, name, st.ref_sha256.get(name, "")) for rt, name in sorted(st.refs.items())]
     t.dataset(f"{path}/refs", table(refs, [("reftype", "str"), ("name", "str"), ("sha256", "str")]))
     t.dataset(f"{path}/params_table", table(flatten_params(st.params), [("name", "str"), ("value", "str")]),
