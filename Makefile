@@ -8,11 +8,12 @@ DEMO_CONFIG ?= config/demo.yaml
 DEMO_RUN ?= runs/demo
 PYTEST_ARGS ?=
 
-.PHONY: help venv demo test lint lock kit bench clean
+.PHONY: help venv demo test test-fast lint lock kit bench clean
 
 help:
 	@echo "make demo       build everything needed and run the demo survey (config/demo.yaml) -> $(DEMO_RUN)"
 	@echo "make test       build everything needed and run the test suite"
+	@echo "make test-fast  the tests that need no reference kit, Slurm or MPI (a venv only; ~2 min)"
 	@echo "make lint       ruff"
 	@echo "make lock       regenerate requirements.lock from requirements.in (needs PyPI)"
 	@echo "make kit        build the offline reference kit (CRDS cache + MIRAGE_DATA) in $(KIT)"
@@ -47,6 +48,11 @@ demo: $(KIT)/.built $(DEMO_CATALOG)
 # sysdeps (Slurm, munge, shellcheck) come first: the Slurm tests start a real one-node Slurm.
 test: sysdeps $(KIT)/.built
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# What needs no reference kit, Slurm, MPI or end-to-end chain: the layers, config, plan, cost, the
+# journal, provenance on fabricated records, the engine's failure paths with a stand-in stage set.
+test-fast: venv
+	DREAM_HPC_NO_KIT=1 $(BIN)/python -m pytest -m "not kit and not slow and not slurm and not mpi" $(PYTEST_ARGS)
 
 lint: venv
 	$(BIN)/ruff check src tests bench

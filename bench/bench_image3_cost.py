@@ -2,7 +2,7 @@
 
 Takes a finished run (the `_cal` files of `dream-hpc survey` or `dream-hpc run`, e.g. `make demo`'s
 runs/demo) and, per filter and per input count N, runs dream-hpc's own Image3 stage
-(`dream_hpc.mosaic.run_mosaic`: tweakreg with the local reference catalog, skymatch,
+(`dream_hpc.stages.image3.run_mosaic`: tweakreg with the local reference catalog, skymatch,
 outlier_detection, resample, source_catalog, the preview PNG) over the first N exposures, each
 in a fresh process in a scratch run directory whose exposures/ holds hard links to (or copies of) the run's `_cal` files.
 Measured per run: CPU seconds of the stage (jwst already imported, as in an engine rank) and of

@@ -21,6 +21,9 @@ os.environ.setdefault("UCX_TLS", "self,sm")
 @pytest.fixture(scope="session")
 def refkit_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A built reference kit: build/refkit if `make kit` built it, else a fresh one in a tmp dir."""
+    if os.environ.get("DREAM_HPC_NO_KIT"):  # `make test-fast`: a test got here without the kit marker
+        pytest.fail("this test needs the reference kit but was collected by `make test-fast` (it should "
+                    "have been marked `kit` by tests/conftest.py)")
     built = ROOT / "build" / "refkit"
     if (built / ".built").exists():
         return built
@@ -31,3 +34,13 @@ from _cache_fixtures import kit  # noqa: E402,F401  (cache, offline and config t
 from _chain_fixtures import chain_run, science_run  # noqa: E402,F401  (science chain tests)
 from _engine_fixtures import engine_config  # noqa: E402,F401  (engine tests)
 from _slurm_fixtures import local_slurm, sysdeps  # noqa: E402,F401  (Slurm, container and shellcheck tests)
+
+# Fixtures that stand on the reference kit: a test using any of them is marked `kit`, so `make test-fast`
+# (-m "not kit ...") runs only what needs no kit; the rest runs in `make test`.
+KIT_FIXTURES = {"refkit_dir", "kit"}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if KIT_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.kit)

@@ -158,7 +158,6 @@ def test_reference_names_cover_every_exposure(kit: Path) -> None:
 
 
 def test_cache_refs_command(kit: Path, tmp_path: Path) -> None:
-    pytest.importorskip("dream_hpc.plan")
     cfg = tmp_path / "survey.yaml"
     cfg.write_text(f"references:\n  crds_path: {kit / 'crds_cache'}\n  context: {kit_context(kit)}\n"
                    "catalog:\n  path: nonexistent.ecsv\n")
@@ -174,7 +173,6 @@ def test_cache_refs_command(kit: Path, tmp_path: Path) -> None:
 
 def test_verify_with_config_accepts_a_cache_synced_for_the_survey(kit: Path, tmp_path: Path) -> None:
     """A cache holding only what `cache refs` lists passes with --config, and fails without it."""
-    pytest.importorskip("dream_hpc.plan")
     spec = kit_unit_specs()[0]
     cfg = tmp_path / "survey.yaml"
     cfg.write_text(f"references:\n  crds_path: {tmp_path / 'crds_cache'}\n  context: {kit_context(kit)}\n"

@@ -129,17 +129,31 @@ def test_valid_step_overrides_pass(tmp_path: Path) -> None:
                                    "clean_flicker_noise": {"skip": False, "fit_method": "fft"}},
                      "image3": {"tweakreg": {"minobj": 4, "abs_refcat": ""},
                                 "resample": {"pixfrac": 0.8, "pixel_scale": 0.03}}}, tmp_path)
-    validate_step_overrides(cfg)
+    validate_step_overrides(cfg)  # accepted, and each one reaches the table as this survey's value:
+    from dream_hpc.stages.params import render
+
+    changed = render(cfg, changed_only=True)
+    for name, value in (("rejection_threshold", "5.0"), ("fit_method", "fft"), ("minobj", "4"), ("pixfrac", "0.8")):
+        line = next((ln for ln in changed.splitlines() if ln.strip().lstrip("* ").startswith(name + " ")), "")
+        assert value in line and "*" in line, f"{name}: override not shown as applied: {line!r}"
+    # the same overrides with one misspelt parameter are refused, naming it
+    bad = _cfg_with({"detector1": {"jump": {"rejection_treshold": 5.0}}}, tmp_path)
+    with pytest.raises(ConfigError, match="rejection_treshold"):
+        validate_step_overrides(bad)
 
 
 @pytest.mark.parametrize("name", ["demo.yaml", "cosmos-web.yaml"])
 def test_shipped_configs_are_valid(name: str) -> None:
     from dream_hpc.stages.params import validate_step_overrides
 
-    path = ROOT / "config" / name
-    if not path.is_file():
-        pytest.skip(f"{path} not written yet")
-    validate_step_overrides(load_config(path))
+    from dream_hpc.plan.pointings import make_plan
+
+    cfg = load_config(ROOT / "config" / name)
+    validate_step_overrides(cfg)
+    units = make_plan(cfg)
+    assert units and len({u.unit_id for u in units}) == len(units)
+    if name == "demo.yaml":  # what its header promises: 2 x 2 tiles x 3 dithers x 2 detectors
+        assert len(units) == 24 and {u.detector for u in units} == {"NRCB1", "NRCB5"}
 
 
 def test_params_table_shows_defaults_and_overrides(tmp_path: Path) -> None:

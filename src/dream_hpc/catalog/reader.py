@@ -1,4 +1,4 @@
-"""The source catalog: DREaM reader, bad-row report, per-exposure spatial selection, Mirage source lists.
+"""The source catalog: DREaM reader, column map, unit conversions and the bad-row report.
 
 `load_catalog(cfg)` reads the catalog once per process (FITS, HDF5 or ECSV; columns mapped in
 `catalog.columns`), skips bad rows with a one-line report, and indexes positions in a KD-tree on

@@ -1,4 +1,4 @@
-"""Installed software versus the lock file: `dream-hpc versions [--check]`.
+"""Installed software versus the lock file (`dream-hpc versions --check` prints it).
 
 The seed notes lost time to a jwst/stcal clash that surfaced as "ValueError: too many values to
 unpack" deep inside a step. Here a mismatch is named before anything runs.

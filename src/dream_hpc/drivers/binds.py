@@ -1,4 +1,4 @@
-"""The host paths a survey touches, as container binds: `dream-hpc slurm binds CONFIG --run RUN`.
+"""The host paths a survey touches, as container binds (`dream-hpc slurm binds CONFIG --run RUN`).
 
 slurm/full_survey.sh and slurm/image3.sh run dream-hpc inside the Apptainer image with every path
 the config names bound at the same place, so one config works with and without the image. The

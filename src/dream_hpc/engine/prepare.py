@@ -57,7 +57,7 @@ def plan_units(cfg: SurveyConfig) -> list[WorkUnit]:
 
     check_inputs(cfg)
     # Step overrides and the pipelines' references are checked by each worker at start-up
-    # (worker.py), where jwst is imported anyway: importing it here would delay every rank's first
+    # (stages/chain.check_before_compute), where jwst is imported anyway: importing it here would delay every rank's first
     # unit by seconds.
     units, _ = plan_and_check(cfg, pipelines=False)
     return units

@@ -1,12 +1,8 @@
-"""The scheduler-neutral execution core: `dream-hpc run`, longest-first dynamic scheduling, resume.
+"""What a rank computes: a unit's remaining stages or one filter's mosaic, its cost, time limit and resume plan.
 
-The same code runs serially (one process), under `mpiexec` and under `srun`: `mpi.world()` gives a
-communicator (serial or MPI) and this module only ever asks it to send, poll, broadcast and gather.
-Rank 0 hands out tasks on request, longest expected first, so a slow unit never leaves other ranks
-idle; a task is one unit (simulate -> detector1 -> image2) or, once all units of a filter have
-ended, exactly one Image3 mosaic of that filter. Each rank computes in a worker subprocess
-(`worker.py`) and journals what happened; a finished unit is recognised on resume by the checksums
-in its journal records, verified against the files on disk.
+A finished unit is recognised on resume by the checksums in its journal records, verified against the
+files on disk (on the rank, so hashing is spread over the ranks); a stage counts only if it read exactly
+the products the stage before it left.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The compute subprocess of a rank, and the rank-side executor that drives it, journals and times out.
+"""The compute subprocess of a rank: imports the stage set once, runs one task at a time, streams events.
 
 Each rank runs science code only in a long-lived worker subprocess (started with `subprocess`, never
 `os.fork` after MPI_Init), which imports jwst and Mirage once, receives tasks as JSON lines on its

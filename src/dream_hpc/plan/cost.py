@@ -1,7 +1,7 @@
 """Cost model: CPU seconds and peak memory per unit and stage, and per Image3 mosaic.
 
 Linear in what each stage touches. Simulate was measured here (Mirage 2.5.0 through
-`dream_hpc.simulate`, kit darks of 40 frames, CPU seconds excluding imports, peak RSS of the process):
+`dream_hpc.stages.simulate`, kit darks of 40 frames, CPU seconds excluding imports, peak RSS of the process):
   SUB400P MEDIUM8 x4: 4.4-5.5 s, 1.97 GB;  SUB400P MEDIUM8 x2: 5.0 s, 1.97 GB;
   FULL MEDIUM8 x2 (LW, 2278 galaxies): 28.9 s, 3.0 GB;  FULL MEDIUM8 x4 (SW, 468 galaxies): 29.6 s, 4.2 GB.
 Mirage's CPU grows with pixels x groups and with the number of galaxies (Sersic stamps), hardly with
@@ -21,7 +21,7 @@ frozen before each pipeline, dark_prep reused per readout), from the journals of
   FULL (6 units, wall under load 3-6): simulate 32 s (SW) / 68 s (LW); detector1 6.9-10.7 s;
   image2 1.1-1.5 s.
 
-Image3 (jwst 3.0.0 through `dream_hpc.mosaic.run_mosaic`, measured with bench/bench_image3_cost.py on
+Image3 (jwst 3.0.0 through `dream_hpc.stages.image3.run_mosaic`, measured with bench/bench_image3_cost.py on
 2 shared cores: CPU seconds of the stage with jwst imported, peak RSS of the process; one detector per
 filter, so every input is its own exposure group; per-step CPU s tweakreg/skymatch/outlier/resample/
 source_catalog where measured):

@@ -1,4 +1,4 @@
-"""RUN/provenance.h5: consolidate the journal into HDF5 (one writer, atomic), and the provenance commands.
+"""RUN/provenance.h5: consolidate the journal's read model into HDF5 (one writer, atomic).
 
 Ranks never touch the HDF5 file (PyPI's h5py is not parallel HDF5): they journal durably and
 `consolidate` rebuilds the whole file from every journal file of every attempt, writing a

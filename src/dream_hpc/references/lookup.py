@@ -1,4 +1,4 @@
-"""CRDS references of a survey: best references per work unit, `dream-hpc cache refs` and `cache verify`.
+"""CRDS best references per work unit (the pinned context, the unit's own date), offline.
 
 Every function here runs after `dream_hpc.offline.configure(...)` pointed CRDS at the pinned
 context in serverless local mode: CRDS reads its environment once per process, so nothing here
