@@ -144,9 +144,8 @@ def test_valid_step_overrides_pass(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("name", ["demo.yaml", "cosmos-web.yaml"])
 def test_shipped_configs_are_valid(name: str) -> None:
-    from dream_hpc.stages.params import validate_step_overrides
-
     from dream_hpc.plan.pointings import make_plan
+    from dream_hpc.stages.params import validate_step_overrides
 
     cfg = load_config(ROOT / "config" / name)
     validate_step_overrides(cfg)
