@@ -1,4 +1,4 @@
-"""Helpers for tests/test_refkit.py that must run in their own process.
+"""Helpers for tests/refkit/test_refkit.py that must run in their own process.
 
 CRDS reads its environment once per process and Mirage reconfigures logging on import, so every
 jwst/CRDS/Mirage run goes through `run(kit, action, *args)`, which starts

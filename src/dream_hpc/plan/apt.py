@@ -6,7 +6,7 @@ repeats the rows per mosaic tile and then per dither, and pairs them in order wi
 lines of the .pointing file, whose RA/Dec is the target and V2/V3 where the target lands in the
 telescope frame. This module does the same for NIRCam imaging templates. Importing Mirage is avoided
 on purpose: at import it reconfigures the root logger (DEBUG to stdout) and opens
-`mirage_latest.log` in the current directory. tests/test_plan.py checks the two readers agree.
+`mirage_latest.log` in the current directory. tests/plan/test_plan.py checks the two readers agree.
 """
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-# What "passing" means (also asserted by tests/test_science.py).
+# What "passing" means (also asserted by tests/stages/test_science.py).
 MIN_COMPLETENESS = 0.90
 MAX_OFFSET_PX = 0.1  # |median offset| per axis, mosaic pixels
 MAX_SCATTER_PX = 0.3  # robust scatter per axis, mosaic pixels

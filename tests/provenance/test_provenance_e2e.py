@@ -24,7 +24,7 @@ from dream_hpc.provenance import read as prov_read
 from dream_hpc.provenance.prov_json import validate
 
 pytestmark = [pytest.mark.slow, pytest.mark.mpi]
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 UNIT_PRODUCTS = ("_uncal.fits", "_rate.fits", "_cal.fits")
 
 

@@ -28,7 +28,7 @@ from dream_hpc.engine.scheduler import Scheduler
 from dream_hpc.engine.tasks import Task
 
 STAND_IN = "stand_in_stages"
-HERE = Path(__file__).resolve().parent
+HERE = Path(__file__).resolve().parents[1]  # tests/, where the stand-in lives
 
 
 @pytest.fixture

@@ -28,7 +28,7 @@ import yaml
 from dream_hpc.core.journal import ordered_records, read_journal
 from dream_hpc.drivers.binds import bind_paths, outermost
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SLURM = ROOT / "slurm"
 VENV = Path(sys.executable).parent.parent  # the venv running these tests holds dream-hpc
 JOB_TIMEOUT_S = 1200

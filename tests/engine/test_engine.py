@@ -25,7 +25,7 @@ from dream_hpc.core.rundir import RunDir
 from dream_hpc.core.runstate import read_run
 
 pytestmark = [pytest.mark.slow, pytest.mark.mpi]
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def records(run: Path) -> list[dict]:

@@ -18,7 +18,7 @@ from dream_hpc.config import load_config
 from dream_hpc.core.workunit import WorkUnit
 from dream_hpc.plan import footprint, pointings
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 DEMO = ROOT / "config" / "demo.yaml"
 
 

@@ -20,7 +20,7 @@ from dream_hpc.plan.measured import PEAK_MARGIN, measured_advice
 from dream_hpc.plan.pointings import make_plan
 from dream_hpc.plan.summary import summarize
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 DEMO = ROOT / "config" / "demo.yaml"
 STAGES = ("simulate", "detector1", "image2")
 

@@ -24,7 +24,7 @@ from dream_hpc.engine.scheduler import Scheduler
 from dream_hpc.engine.tasks import Task
 from dream_hpc.engine.worker import parse_faults
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def unit(exposure: int, filt: str = "F150W", cost: float = 10.0) -> WorkUnit:

@@ -21,7 +21,7 @@ import pytest
 from dream_hpc.config import load_config
 from dream_hpc.core import offline, versions
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 DEF = ROOT / "containers" / "dream-hpc.def"
 LOCK = ROOT / "requirements.lock"
 MAKEFILES = [ROOT / "Makefile", ROOT / "mk" / "cluster.mk"]

@@ -18,8 +18,8 @@ from dream_hpc.config import LW_FILTERS, SW_FILTERS, load_config, parse_config
 from dream_hpc.core.workunit import SEED_PURPOSES, derive_seed
 from dream_hpc.plan import footprint, pointings, summary
 
-ROOT = Path(__file__).resolve().parents[1]
-DATA = Path(__file__).parent / "data"
+ROOT = Path(__file__).resolve().parents[2]
+DATA = Path(__file__).resolve().parents[1] / "data"
 DEMO = ROOT / "config" / "demo.yaml"
 COSMOS = ROOT / "config" / "cosmos-web.yaml"
 UNIT_ID = re.compile(r"^jw\d{5}\d{3}\d{3}_\d{2}\d\d{2}_\d{5}_nrc[ab][1-5]$")
