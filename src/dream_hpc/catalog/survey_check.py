@@ -12,7 +12,6 @@ from dream_hpc.config import SurveyConfig
 from dream_hpc.core.workunit import WorkUnit
 
 
-# --- checking a catalog against the plan -----------------------------------------------------
 @dataclass
 class CatalogCheck:
     report: RowReport

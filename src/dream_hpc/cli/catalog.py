@@ -11,7 +11,6 @@ from dream_hpc.catalog.reader import CatalogError
 from dream_hpc.catalog.survey_check import check_catalog
 
 
-# --- commands --------------------------------------------------------------------------------
 def _cmd_synth(args: Any) -> int:
     from dream_hpc.catalog import synth as catalog_synth
     from dream_hpc.config import load_config

@@ -12,7 +12,6 @@ from pathlib import Path
 from dream_hpc.core.errors import UserError
 
 
-# --- command line -----------------------------------------------------------------------------
 def _cmd_provenance(args: argparse.Namespace) -> int:
     from dream_hpc.provenance.read import ProvenanceError, load
     from dream_hpc.provenance.write import consolidate

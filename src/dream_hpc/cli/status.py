@@ -69,7 +69,6 @@ def print_failures(view: RunView, out: TextIO | None = None, max_rows: int = 50)
         print(f"  ... and {len(bad) - max_rows} more (dream-hpc status RUN --json lists all)", file=out)
 
 
-# --- command --------------------------------------------------------------------------------
 def _cmd_status(args: argparse.Namespace) -> int:
     from dream_hpc.core.errors import UserError
 

@@ -12,7 +12,6 @@ from dream_hpc.engine.scheduler import Scheduler
 from dream_hpc.engine.tasks import Task
 
 
-# --- rank 0: the coordinator loop ----------------------------------------------------------
 class Coordinator:
     """Rank 0: serves requests from other ranks and feeds its own executor, until all tasks ended."""
 

@@ -27,7 +27,6 @@ from dream_hpc.engine.scheduler import Scheduler, choose_order
 EXIT_STOPPED = 3  # exit code after such a stop (the run is resumable)
 
 
-# --- the whole run ---------------------------------------------------------------------------
 def _run_facts(cfg: SurveyConfig, run: RunDir, comm: Any, hosts: list[str], extra: dict[str, Any]) -> dict[str, Any]:
     from dream_hpc.provenance.facts import collect
 

@@ -24,7 +24,6 @@ from dream_hpc.core.records import RESULT_FIELDS
 from dream_hpc.engine.worker import REAL_STAGES
 
 
-# --- the rank side ----------------------------------------------------------------------------
 class FatalRunError(RuntimeError):
     """A problem no unit can get past (e.g. an invalid step parameter): the run stops with it."""
 

@@ -23,7 +23,6 @@ from dream_hpc.engine.tasks import DEFAULT_UNIT_COST_S, Task, image3_seconds, mo
 STOP_FILE = "STOP"
 
 
-# --- preparing a run (rank 0) ----------------------------------------------------------------
 def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
     if isinstance(d, dict):
         out: dict[str, Any] = {}

@@ -9,7 +9,6 @@ from typing import Any, TextIO
 from dream_hpc.core.runstate import STAGES, fmt_duration
 
 
-# --- live progress on rank 0 ----------------------------------------------------------------
 class Progress:
     """Units done / failed / running per stage with an ETA, redrawn on a TTY, plain lines otherwise."""
 

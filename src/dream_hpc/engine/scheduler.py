@@ -13,7 +13,6 @@ from typing import Any
 from dream_hpc.core.workunit import WorkUnit
 from dream_hpc.engine.tasks import Task, image3_seconds
 
-# --- the scheduler (no MPI, no processes: also driven by bench/scheduler_sim.py) -------------
 MosaicFactory = Callable[[str, list[Task], dict[str, Any]], Task]
 
 

@@ -21,7 +21,6 @@ MOSAIC_COST_FRACTION = 0.5
 DEFAULT_UNIT_COST_S = 60.0
 
 
-# --- tasks and resume ----------------------------------------------------------------------
 def verify_outputs(run: RunDir, outputs: dict[str, str]) -> bool:
     """Every recorded product exists and has its recorded sha256 (a file merely existing is not enough)."""
     if not outputs:

@@ -36,7 +36,6 @@ def _outlines(units: list[WorkUnit], ra0: float, dec0: float) -> list[tuple[np.n
     return out
 
 
-# --- the footprint picture -------------------------------------------------------------------
 FILTER_COLOURS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf")
 
 

@@ -27,7 +27,6 @@ class ProductDiff:
     by: str = "arrays"  # how it was decided: arrays (both files) | record (a file against the other's record)
 
 
-# --- arrays -----------------------------------------------------------------------------------
 def compare_arrays(a: np.ndarray, b: np.ndarray, name: str) -> tuple[str, str]:
     """(identical | within tolerance | different, description) for two science arrays."""
     if a.shape != b.shape:
