@@ -35,6 +35,8 @@ SUBARRAYS = ("FULL", "SUB640", "SUB320", "SUB160", "SUB400P", "SUB160P", "SUB64P
 # The point-source subarrays (*P) exist only on these detectors (SIAF / Mirage subarray definitions).
 POINT_SOURCE_SUBARRAY_DETECTORS = ("NRCA3", "NRCA5", "NRCB1", "NRCB5")
 PIPELINES = ("detector1", "image2", "image3")
+# pipeline -> its class in jwst.pipeline (references/lookup.pipeline_class imports it)
+PIPELINE_CLASSES = {"detector1": "Detector1Pipeline", "image2": "Image2Pipeline", "image3": "Image3Pipeline"}
 
 
 class ConfigError(ValueError):

@@ -128,7 +128,7 @@ def test_reproduce_checks_reference_caches(run_a, tmp_path: Path, capsys) -> Non
 def test_reproduce_writes_config_with_absolute_paths_and_records_allowed_drift(run_a, tmp_path: Path,
                                                                                capsys) -> None:
     from dream_hpc.config import load_config
-    from dream_hpc.drivers.reproduce import prepare
+    from dream_hpc.drivers.reproduce import prepare_reproduction as prepare
 
     _set_packages(run_a.provenance, {"numpy": "1.0.0"})
     args = type("Args", (), dict(record=str(run_a.root), out=str(tmp_path / "r2"), allow_drift=True, base=None,

@@ -160,7 +160,7 @@ def test_science_digest_of_tables_and_associations(tmp_path: Path) -> None:
 
 
 def test_reproduce_prints_and_records_what_it_remapped(tmp_path: Path, capsys) -> None:
-    from dream_hpc.drivers.reproduce import prepare
+    from dream_hpc.drivers.reproduce import prepare_reproduction as prepare
 
     run_a = _run(tmp_path, "a")
     shutil.copytree(tmp_path / "refkit", tmp_path / "cluster2/kit")  # the kit carried to another path

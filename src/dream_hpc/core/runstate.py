@@ -92,15 +92,20 @@ def _file_is_live(records: list[dict[str, Any]], host: str) -> bool:
     return True  # another node: cannot check; the latest-attempt rule below decides
 
 
-def read_plan(run: RunDir) -> dict[str, dict[str, Any]]:
-    if not run.plan.is_file():
+def plan_entries(path: Path) -> dict[str, dict[str, Any]]:
+    """plan.json's units by id (the one reader of plan.json); {} when it is absent or unreadable."""
+    if not path.is_file():
         return {}
     try:
-        data = json.loads(run.plan.read_text())
+        data = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError):
         return {}
     units = data.get("units", data) if isinstance(data, dict) else data
     return {u["unit_id"]: u for u in units if isinstance(u, dict) and "unit_id" in u}
+
+
+def read_plan(run: RunDir) -> dict[str, dict[str, Any]]:
+    return plan_entries(run.plan)
 
 
 def _intact(view: RunView, files: list[JournalFile]) -> list[JournalFile]:

@@ -131,7 +131,7 @@ def drift(view: dict[str, Any], cfg: SurveyConfig) -> list[str]:
     return lines
 
 
-def prepare(args: argparse.Namespace) -> tuple[Path, list[str]]:
+def prepare_reproduction(args: argparse.Namespace) -> tuple[Path, list[str]]:
     """Check drift and write RUN2/config.yaml and RUN2/reproduce.json; returns (config path, drift)."""
     from dream_hpc.core.errors import UserError
 
@@ -184,7 +184,7 @@ def run_reproduce(args: argparse.Namespace) -> int:
     error, config, lines = None, None, []
     if comm.rank == 0:
         try:
-            config, lines = prepare(args)
+            config, lines = prepare_reproduction(args)
         except (UserError, ProvenanceError, ValueError) as e:  # ConfigError is a ValueError
             error = str(e)
     error = comm.bcast(error)  # other ranks must not start the engine (nor wait forever) after a refusal

@@ -115,8 +115,12 @@ def write_plan(path: str | Path, units: list[WorkUnit], summary: dict) -> Path:
 
 
 def load_plan(path: str | Path) -> list[WorkUnit]:
-    doc = json.loads(Path(path).read_text())
-    return [WorkUnit.from_dict(d) for d in doc["units"]]
+    """The work units recorded in plan.json (written by `write_plan`)."""
+    from dream_hpc.core.runstate import plan_entries
+
+    if not Path(path).is_file():
+        raise FileNotFoundError(2, "plan not found", str(path))
+    return [WorkUnit.from_dict(d) for d in plan_entries(Path(path)).values()]
 
 
 # --- the command -----------------------------------------------------------------------------

@@ -17,7 +17,7 @@ FITS_BLOCK = 2880
 _CHUNK = 4 << 20
 
 
-class Progress:
+class ReadProgress:
     """Bytes-read progress on stderr for big caches: a live line on a terminal, a line every 10 s otherwise."""
 
     def __init__(self, total: int, stream: TextIO | None = sys.stderr, min_total: int = 256 << 20):
@@ -43,7 +43,7 @@ class Progress:
             self.stream.write("\n")
 
 
-def stream_digests(path: Path, algorithms: Iterable[str], progress: Progress | None = None) -> dict[str, str]:
+def stream_digests(path: Path, algorithms: Iterable[str], progress: ReadProgress | None = None) -> dict[str, str]:
     """Hex digests of a file in one streaming pass (never the whole file in memory)."""
     hashes = {a: hashlib.new(a) for a in algorithms}
     buf = bytearray(_CHUNK)

@@ -14,11 +14,10 @@ import os
 from collections.abc import Iterable
 from pathlib import Path
 
-from dream_hpc.config import READ_PATTERNS, SurveyConfig
+from dream_hpc.config import PIPELINE_CLASSES, READ_PATTERNS, SurveyConfig
 from dream_hpc.core.errors import UserError
 from dream_hpc.core.workunit import WorkUnit
 
-PIPELINE_CLASSES = {"detector1": "Detector1Pipeline", "image2": "Image2Pipeline", "image3": "Image3Pipeline"}
 FORMATS = ("names", "paths", "crds-sync")
 
 
@@ -62,7 +61,9 @@ def header_for_unit(unit: WorkUnit) -> dict[str, object]:
 
 
 @functools.cache
-def _pipeline_class(pipeline: str) -> type:
+@functools.cache
+def pipeline_class(pipeline: str) -> type:
+    """The jwst pipeline class of `pipeline` (detector1, image2, image3); imports jwst."""
     import jwst.pipeline
 
     return getattr(jwst.pipeline, PIPELINE_CLASSES[pipeline])
@@ -76,7 +77,7 @@ def pipeline_reftypes(cfg: SurveyConfig | None = None) -> dict[str, list[str]]:
         if cfg is not None:
             skips = {step: {"skip": bool(params["skip"])}
                      for step, params in getattr(cfg.pipeline, name).items() if "skip" in params}
-        pipe = _pipeline_class(name)(steps=skips)
+        pipe = pipeline_class(name)(steps=skips)
         out[name] = sorted(set(pipe.reference_file_types))
     return out
 
@@ -85,7 +86,7 @@ def all_step_reftypes() -> dict[str, list[str]]:
     """Pipeline -> reference types of all of its steps, skipped ones included (what a context must cover)."""
     out = {}
     for name in PIPELINE_CLASSES:
-        cls = _pipeline_class(name)
+        cls = pipeline_class(name)
         out[name] = sorted({t for step in cls.step_defs.values() for t in step.reference_file_types})
     return out
 
@@ -94,7 +95,7 @@ def parameter_reftypes() -> dict[str, list[str]]:
     """Pipeline -> `pars-*` types stpipe asks CRDS for (the pipeline's and every step's parameters)."""
     out = {}
     for name in PIPELINE_CLASSES:
-        cls = _pipeline_class(name)
+        cls = pipeline_class(name)
         out[name] = sorted({cls.get_config_reftype()} | {s.get_config_reftype() for s in cls.step_defs.values()})
     return out
 

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
 
-from dream_hpc.references.content import Progress, check_content, stream_digests
+from dream_hpc.references.content import ReadProgress, check_content, stream_digests
 
 MAPPING_SUFFIXES = (".pmap", ".imap", ".rmap")
 # CRDS refuses to start without these, even with CRDS_CONTEXT set (see shared notes).
@@ -250,7 +250,7 @@ def read_catalog(cache: Path) -> dict[str, tuple[str, int | None]]:
     return out
 
 
-def _check_file(path: Path, rel: str, fix: str, rep: Report, progress: Progress,
+def _check_file(path: Path, rel: str, fix: str, rep: Report, progress: ReadProgress,
                 sha256: str | None, sha1: str | None, size: int | None, deep: bool) -> str:
     """Check one file with the strongest evidence given; returns which evidence was used."""
     try:
@@ -329,7 +329,7 @@ def verify(path: str | Path, context: str | None = None, needed: set[str] | None
     # Kit files that are not references (mappings, CRDS config, MIRAGE_DATA): sha256 from the manifest.
     others = sorted(p for p in kit_files if p not in set(ref_paths.values()))
     total = sum(p.stat().st_size for p in [*ref_paths.values(), *others] if p.is_file())
-    progress = Progress(total, progress_stream)
+    progress = ReadProgress(total, progress_stream)
     for name, p in sorted(ref_paths.items()):
         rep.n_references += 1
         sha256, msize = manifest.get(kit_files.get(p, ""), (None, None))

@@ -20,12 +20,13 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from dream_hpc.config import PIPELINE_CLASSES
 from dream_hpc.core.rundir import atomic_path
 from dream_hpc.core.workunit import WorkUnit
+from dream_hpc.references.lookup import pipeline_class
 from dream_hpc.stages.contract import StageContext, StageResult, product_path
 
 # dream-hpc pipeline name -> jwst class name (in jwst.pipeline)
-PIPELINE_CLASSES = {"detector1": "Detector1Pipeline", "image2": "Image2Pipeline", "image3": "Image3Pipeline"}
 # Loggers whose INFO records belong in a unit's log.
 JWST_LOGGERS = ("stpipe", "jwst", "stcal")
 _validated: set[str] = set()
@@ -43,12 +44,6 @@ def validate_overrides(ctx: StageContext) -> None:
 
     validate_step_overrides(ctx.cfg)
     _validated.add(ctx.cfg.sha256)
-
-
-def pipeline_class(name: str) -> type:
-    import jwst.pipeline
-
-    return getattr(jwst.pipeline, PIPELINE_CLASSES[name])
 
 
 def build_pipeline(name: str, input_path: str | Path, overrides: dict[str, dict[str, Any]],

@@ -14,9 +14,8 @@ import functools
 from dataclasses import dataclass
 from typing import Any
 
-from dream_hpc.config import PIPELINES, ConfigError, SurveyConfig
-
-PIPELINE_CLASSES = {"detector1": "Detector1Pipeline", "image2": "Image2Pipeline", "image3": "Image3Pipeline"}
+from dream_hpc.config import PIPELINE_CLASSES, PIPELINES, ConfigError, SurveyConfig
+from dream_hpc.references.lookup import pipeline_class
 
 # stpipe plumbing present in every step's spec. dream-hpc decides where products go, so a survey
 # may not set these; `skip` and `save_results` stay per-step choices.
@@ -106,23 +105,16 @@ class Param:
 
 
 @functools.cache
-def _pipeline_class(pipeline: str) -> type:
-    import jwst.pipeline
-
-    return getattr(jwst.pipeline, PIPELINE_CLASSES[pipeline])
-
-
-@functools.cache
 def step_specs(pipeline: str) -> dict[str, Any]:
     """Step name -> its merged stpipe spec (a configobj Section: common, step and override_* keys)."""
-    spec = _pipeline_class(pipeline).load_spec_file()
-    return {name: spec["steps"][name] for name in _pipeline_class(pipeline).step_defs}
+    spec = pipeline_class(pipeline).load_spec_file()
+    return {name: spec["steps"][name] for name in pipeline_class(pipeline).step_defs}
 
 
 @functools.cache
 def step_parameters(pipeline: str) -> dict[str, list[Param]]:
     """Step name -> its parameters with jwst's defaults, in spec order."""
-    defaults = _pipeline_class(pipeline)().get_pars()["steps"]
+    defaults = pipeline_class(pipeline)().get_pars()["steps"]
     out = {}
     for step, spec in step_specs(pipeline).items():
         params = []
@@ -136,7 +128,7 @@ def step_parameters(pipeline: str) -> dict[str, list[Param]]:
 
 
 def step_class_name(pipeline: str, step: str) -> str:
-    return _pipeline_class(pipeline).step_defs[step].__name__
+    return pipeline_class(pipeline).step_defs[step].__name__
 
 
 def _suggest(word: str, choices: list[str]) -> str:
@@ -210,7 +202,7 @@ def crds_parameters(cfg: SurveyConfig) -> tuple[dict[tuple[str, str], dict[str, 
     unit = _representative_unit(cfg)
     out: dict[tuple[str, str], dict[str, Any]] = {}
     for pipeline in PIPELINES:
-        cls = _pipeline_class(pipeline)
+        cls = pipeline_class(pipeline)
         by_type = {s.get_config_reftype(): name for name, s in cls.step_defs.items()}
         try:
             found = lookup.best_references(unit, list(by_type))
