@@ -5,6 +5,7 @@
 #
 # Usage: scripts/local-slurm-cluster.sh start|stop|status DIR
 #        scripts/local-slurm-cluster.sh kill-node DIR NODE     (power cut: KILL every process on NODE)
+#        scripts/local-slurm-cluster.sh start-node DIR NODE    (power it on again: slurmd only)
 #        scripts/local-slurm-cluster.sh exec DIR NODE CMD...   (run CMD on NODE: its network + host name)
 #
 #   start   make a bridge and one network namespace per node (veth pair, address on a private /24
@@ -28,7 +29,7 @@
 set -euo pipefail
 
 usage() {
-    echo "usage: $0 start|stop|status DIR | kill-node DIR NODE | exec DIR NODE CMD..." >&2
+    echo "usage: $0 start|stop|status DIR | kill-node|start-node DIR NODE | exec DIR NODE CMD..." >&2
     exit 2
 }
 [[ $# -ge 2 ]] || usage
@@ -225,7 +226,7 @@ do_start() {
         log "already running for $dir: $(SLURM_CONF=$conf node_states | tr '\n' ' '); . $dir/env.sh"
         return 0
     fi
-    local t0 i n state tool
+    local t0 i n state= tool
     t0=$(date +%s.%N)
     for tool in munged slurmctld slurmd sinfo ip unshare; do
         command -v "$tool" >/dev/null || die "$tool not found: run scripts/install-sysdeps.sh (as root)"
@@ -299,6 +300,19 @@ do_kill_node() {  # like pulling the power: no signal handlers run, nothing is t
     log "killed every process on $node"
 }
 
+do_start_node() {  # after kill-node: slurmd again; Slurm returns the node to service (ReturnToService=2)
+    local node=${1:?usage: start-node DIR NODE}
+    load_record
+    [[ " ${nodes[*]} " == *" $node "* ]] || die "$node is not a node of the cluster in $dir (nodes: ${nodes[*]})"
+    if alive "$dir/nodes/$node/slurmd.pid" slurmd; then
+        log "$node is already up"
+        return 0
+    fi
+    export SLURM_CONF=$conf
+    start_slurmd "$node"
+    log "started slurmd on $node"
+}
+
 do_exec() {  # run a command with the node's network and host name (e.g. to test MPI across nodes)
     local node=${1:?usage: exec DIR NODE CMD...}
     shift
@@ -337,6 +351,7 @@ case $action in
     stop) do_stop ;;
     status) do_status ;;
     kill-node) do_kill_node "$@" ;;
+    start-node) do_start_node "$@" ;;
     exec) do_exec "$@" ;;
     *) usage ;;
 esac

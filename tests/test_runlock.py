@@ -182,6 +182,6 @@ def test_without_flock_a_live_pid_here_holds(tmp_path: Path, messages, monkeypat
 def test_rundir_lock_reports_one_line(tmp_path: Path) -> None:
     run = RunDir.create(tmp_path / "run")
     leave(run.root, other_host(), age_s=0)
-    with pytest.raises(RunDirError, match=r"already in use by dream-hpc run \(MPI size 2\), pid 4242 on node-elsewhere"):
-        with run.lock("second"):
-            pass
+    with (pytest.raises(RunDirError, match=r"already in use by dream-hpc run \(MPI size 2\), pid 4242 on node-elsewhere"),
+          run.lock("second")):
+        pass
