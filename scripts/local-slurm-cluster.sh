@@ -226,7 +226,7 @@ do_start() {
         log "already running for $dir: $(SLURM_CONF=$conf node_states | tr '\n' ' '); . $dir/env.sh"
         return 0
     fi
-    local t0 i n state= tool
+    local t0 i n state='' tool
     t0=$(date +%s.%N)
     for tool in munged slurmctld slurmd sinfo ip unshare; do
         command -v "$tool" >/dev/null || die "$tool not found: run scripts/install-sysdeps.sh (as root)"
