@@ -11,10 +11,11 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# Every test cluster here is one node. MPICH's UCX netmod may also pick its TCP transport, whose
-# address exchange fails intermittently on VMs whose NICs report no speed ("failed to unpack address,
-# invalid bandwidth 0.00" in MPI_Init; cf. pmodels/mpich#7417). Shared memory is all one node needs;
-# the setting reaches mpiexec and, through sbatch's exported environment, srun's ranks.
+# One-node runs (mpiexec, the one-node Slurm): MPICH's default UCX netmod may also wire up its TCP
+# transport, whose address exchange fails intermittently ("failed to unpack address, invalid
+# bandwidth 0.00" in MPI_Init; cf. pmodels/mpich#7417). Shared memory is all one node needs; the
+# setting reaches mpiexec and, through sbatch's exported environment, srun's ranks. The multi-node
+# test clusters drop it and use MPICH's OFI netmod over TCP instead (_slurm_fixtures.CLUSTER_MPI_ENV).
 os.environ.setdefault("UCX_TLS", "self,sm")
 
 
