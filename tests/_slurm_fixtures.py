@@ -142,6 +142,9 @@ def _skip_without_slurm(sysdeps: dict[str, bool]) -> None:
         pytest.skip("not root: network namespaces and slurmd need root (scripts/local-slurm-cluster.sh)")
     if shutil.which("ip") is None or shutil.which("unshare") is None:
         pytest.skip("iproute2/util-linux missing: run scripts/install-sysdeps.sh as root")
+    probe = subprocess.run(["unshare", "--net", "--uts", "true"], capture_output=True, text=True, timeout=30)
+    if probe.returncode != 0:  # e.g. root inside a container without CAP_SYS_ADMIN
+        pytest.skip(f"cannot make network namespaces here ({probe.stderr.strip()}): run on a VM or host as root")
 
 
 # MPI between the namespaced nodes: MPICH's ch4:ofi netmod with libfabric's tcp provider on the
