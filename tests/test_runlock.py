@@ -185,3 +185,10 @@ def test_rundir_lock_reports_one_line(tmp_path: Path) -> None:
     with (pytest.raises(RunDirError, match=r"already in use by dream-hpc run \(MPI size 2\), pid 4242 on node-elsewhere"),
           run.lock("second")):
         pass
+
+
+def test_a_lock_line_from_an_older_dream_hpc_here_is_freed_by_flock(tmp_path: Path, messages) -> None:
+    (tmp_path / ".lock").write_text(f"dream-hpc run (MPI size 2) pid 999999 on {os.uname().nodename}\n")
+    with lock(tmp_path, messages, stale=600):
+        pass
+    assert any("taking over the lock of dream-hpc run (MPI size 2), pid 999999" in m for m in messages)

@@ -35,6 +35,7 @@ import errno
 import fcntl
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -98,8 +99,9 @@ def this_process(what: str) -> Holder:
 
 
 def parse(text: str) -> Holder | None:
-    """The record in a lock file; None for an empty one. A line from an older dream-hpc (plain text)
-    is read as a holder on an unknown host, so only flock or the heartbeat can free it."""
+    """The record in a lock file; None for an empty one. Older dream-hpc wrote "WHAT pid N on HOST"
+    and never emptied it: read as a holder on HOST (this machine when the name is ours, so flock
+    decides), else on an unknown host, which only the heartbeat can free."""
     text = text.strip()
     if not text:
         return None
@@ -107,7 +109,11 @@ def parse(text: str) -> Holder | None:
         data = json.loads(text)
         return Holder(**{k: data[k] for k in Holder.__dataclass_fields__})
     except (ValueError, KeyError, TypeError):
-        return Holder(what=text[:200], host="?", boot_id="", pid=0, pid_start="", job_id="", restart=0, since="?")
+        old = re.fullmatch(r"(.*) pid (\d+) on (\S+)", text)
+        what, pid, host = (old.group(1), int(old.group(2)), old.group(3)) if old else (text[:200], 0, "?")
+        here = host == os.uname().nodename
+        return Holder(what=what, host=host, boot_id=boot_id() if here else "", pid=pid,
+                      pid_start=pid_start(pid) if here and pid else "", job_id="", restart=0, since="?")
 
 
 def slurm_attempt_state(holder: Holder) -> str:
