@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import datetime
+import re
 import sys
 import time
 from pathlib import Path
@@ -142,8 +143,9 @@ def test_node_lost_mid_run_requeues_and_redoes_only_unfinished_units(
     assert_mosaic_and_audit(run)
     assert_bit_identical(slurm_survey.run, run)
     resumed_s = _time(resumed) - t_kill
+    took = re.search(r"taking over the lock of .*?: (heartbeat \d+ s old)", log)
     print(f"\nnode loss on a {len(cluster.nodes)}-node cluster (up in {cluster.start_s:.1f} s): killed {victim} at 0 s; "
           f"DOWN at {t_detected - t_kill:.0f} s; requeued at {t_requeued - t_kill:.0f} s; resumed (run lock taken "
-          f"over) at {resumed_s:.0f} s; survey + Image3 done at {t_end - t_kill:.0f} s; of {len(units)} units "
+          f"over, {took.group(1) if took else '?'}) at {resumed_s:.0f} s; survey + Image3 done at {t_end - t_kill:.0f} s; of {len(units)} units "
           f"{len(done_before)} kept, {len(interrupted)} interrupted and redone, "
           f"{len(started_after - interrupted)} not yet started")
