@@ -24,52 +24,9 @@ mkdir -p "$2"
 dir=$(cd "$2" && pwd -P)
 conf=$dir/slurm.conf
 wait_s=${LOCAL_SLURM_WAIT:-60}
-munge_dir=/run/munge
-munge_owner=$munge_dir/dream-hpc-started.pid   # munged pid, when this script started it
-munge_users=$munge_dir/dream-hpc-users         # one file per cluster dir that relies on it
-user_tag=$(printf '%s' "$dir" | tr '/' '_')
 
-log() { echo "local-slurm: $*"; }
-die() { echo "local-slurm: error: $*" >&2; exit 1; }
-
-alive() {  # alive PIDFILE NAME: the pid in PIDFILE is a running process called NAME
-    local pid
-    [[ -s $1 ]] || return 1
-    pid=$(<"$1")
-    [[ $pid =~ ^[0-9]+$ ]] && [[ "$(ps -o comm= -p "$pid" 2>/dev/null)" == "$2" ]]
-}
-
-stop_pid() {  # stop_pid PIDFILE NAME: TERM, wait up to 20 s, then KILL
-    local pid i
-    alive "$1" "$2" || { rm -f "$1"; return 0; }
-    pid=$(<"$1")
-    kill -TERM "$pid" 2>/dev/null || true
-    for ((i = 0; i < 200; i++)); do
-        alive "$1" "$2" || break
-        sleep 0.1
-    done
-    if alive "$1" "$2"; then
-        log "$2 (pid $pid) did not stop after TERM; sending KILL"
-        kill -KILL "$pid" 2>/dev/null || true
-    fi
-    rm -f "$1"
-    log "stopped $2 (pid $pid)"
-}
-
-munge_ok() { munge -n 2>/dev/null | unmunge >/dev/null 2>&1; }
-
-port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-
-pick_ports() {  # two consecutive free ports from 6817 up (another local cluster may hold 6817/6818)
-    local p
-    for ((p = 6817; p < 6917; p += 2)); do
-        if port_free "$p" && port_free $((p + 1)); then
-            echo "$p"
-            return 0
-        fi
-    done
-    die "no free port pair in 6817..6917 for slurmctld/slurmd"
-}
+# shellcheck source=scripts/local-munge.sh
+source "$(dirname "${BASH_SOURCE[0]}")/local-munge.sh"
 
 write_conf() {
     local host cpus avail_mb margin_mb mem_mb port
@@ -115,37 +72,6 @@ NodeName=$host CPUs=$cpus RealMemory=$mem_mb State=UNKNOWN
 PartitionName=debug Nodes=$host Default=YES MaxTime=INFINITE State=UP
 EOF
     printf 'export SLURM_CONF=%q\n' "$conf" >"$dir/env.sh"
-}
-
-start_munge() {
-    mkdir -p "$munge_users"
-    touch "$munge_users/$user_tag"
-    if munge_ok; then
-        return 0
-    fi
-    [[ -r /etc/munge/munge.key ]] || die "/etc/munge/munge.key is missing (reinstall munge or run 'mungekey --create')"
-    mkdir -p "$munge_dir" /var/log/munge /var/lib/munge
-    chown munge:munge "$munge_dir" /var/log/munge /var/lib/munge
-    chmod 0755 "$munge_dir"
-    su -s /bin/sh munge -c "/usr/sbin/munged --pid-file=$munge_dir/munged.pid"
-    local i
-    for ((i = 0; i < 100; i++)); do
-        munge_ok && break
-        sleep 0.1
-    done
-    munge_ok || die "munged did not come up (see /var/log/munge/munged.log)"
-    cp "$munge_dir/munged.pid" "$munge_owner"
-    log "started munged (pid $(<"$munge_owner"))"
-}
-
-stop_munge() {
-    rm -f "$munge_users/$user_tag"
-    [[ -e $munge_owner ]] || return 0  # not started by this script: leave it alone
-    if compgen -G "$munge_users/*" >/dev/null; then
-        log "munged left running: another local cluster still uses it ($(ls "$munge_users"))"
-        return 0
-    fi
-    stop_pid "$munge_owner" munged
 }
 
 node_state() { sinfo -h -N -n "$(hostname -s)" -o %t 2>/dev/null | head -n1; }

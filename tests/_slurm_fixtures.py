@@ -1,12 +1,16 @@
-"""Fixtures for the Slurm tests: system packages, and a real one-node Slurm started for the session.
+"""Fixtures for the Slurm tests: system packages, and real Slurm clusters started for the tests.
 
 `local_slurm` installs Debian's slurm-wlm and munge if needed (scripts/install-sysdeps.sh), starts
 munged/slurmctld/slurmd with scripts/local-slurm.sh into a tmp dir and stops exactly those daemons
-at the end. It skips, naming the reason, only where that is impossible (not root, no apt-get).
+at the end. `local_cluster` (session) and `fresh_cluster` (one test, e.g. one that kills a node)
+are two-node clusters from scripts/local-slurm-cluster.sh: each slurmd in its own network and UTS
+namespace; stopping one also removes its namespaces and bridge, also after a failed test.
+They skip, naming the reason, only where that is impossible (not root, no apt-get).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -106,3 +110,79 @@ def local_slurm(tmp_path_factory: pytest.TempPathFactory, sysdeps: dict[str, boo
     finally:
         stop = subprocess.run([str(script), "stop", str(directory)], capture_output=True, text=True, timeout=120)
         assert stop.returncode == 0, f"local-slurm stop failed:\n{stop.stdout}\n{stop.stderr}"
+
+
+@dataclass
+class MultiNodeCluster(SlurmCluster):
+    nodes: list[str]
+    script: Path
+
+    def kill_node(self, node: str) -> None:
+        """Power cut: KILL every process in the node's namespaces (slurmd, steps, ranks, workers)."""
+        done = subprocess.run([str(self.script), "kill-node", str(self.directory), node], capture_output=True,
+                              text=True, timeout=60)
+        assert done.returncode == 0, f"kill-node {node} failed:\n{done.stdout}\n{done.stderr}"
+
+    def node_state(self, node: str) -> str:
+        return self.run("sinfo", "-h", "-N", "-n", node, "-o", "%t").stdout.strip()
+
+    def bridge_bytes(self) -> int:
+        """Bytes the nodes have sent into the cluster's bridge (its veth ports' rx counters)."""
+        record = dict(re.findall(r"^(\w+)=(\S*)$", (self.directory / "cluster.env").read_text(), flags=re.M))
+        ports = Path("/sys/class/net") / record["bridge"] / "brif"
+        return sum(int((Path("/sys/class/net") / p.name / "statistics" / "rx_bytes").read_text())
+                   for p in ports.iterdir())
+
+
+def _skip_without_slurm(sysdeps: dict[str, bool]) -> None:
+    why = _can_install()
+    if not (sysdeps["sbatch"] and sysdeps["slurmctld"] and sysdeps["munged"]):
+        pytest.skip(f"Slurm is not installed and cannot be ({why}): run scripts/install-sysdeps.sh as root")
+    if os.geteuid() != 0:
+        pytest.skip("not root: network namespaces and slurmd need root (scripts/local-slurm-cluster.sh)")
+    if shutil.which("ip") is None or shutil.which("unshare") is None:
+        pytest.skip("iproute2/util-linux missing: run scripts/install-sysdeps.sh as root")
+    probe = subprocess.run(["unshare", "--net", "--uts", "true"], capture_output=True, text=True, timeout=30)
+    if probe.returncode != 0:  # e.g. root inside a container without CAP_SYS_ADMIN
+        pytest.skip(f"cannot make network namespaces here ({probe.stderr.strip()}): run on a VM or host as root")
+
+
+# MPI between the namespaced nodes: MPICH's ch4:ofi netmod with libfabric's tcp provider on the
+# nodes' one interface (docs/cluster.md, "MPI between nodes"). UCX would not do for a test: it
+# takes the namespaces for one machine (same boot id) and sends over shared memory, not the network.
+CLUSTER_MPI_ENV = {"MPIR_CVAR_CH4_NETMOD": "ofi", "FI_PROVIDER": "tcp", "FI_TCP_IFACE": "eth0"}
+
+
+@contextlib.contextmanager
+def _multi_node(directory: Path, nodes: int = 2):
+    script = SCRIPTS / "local-slurm-cluster.sh"
+    t0 = time.monotonic()
+    env = {**os.environ, "LOCAL_SLURM_NODES": str(nodes)}
+    job_env = {**{k: v for k, v in os.environ.items() if k != "UCX_TLS"}, **CLUSTER_MPI_ENV,
+               "SLURM_CONF": str(directory / "slurm.conf")}
+    try:
+        done = subprocess.run([str(script), "start", str(directory)], capture_output=True, text=True, timeout=180,
+                              env=env)
+        start_s = time.monotonic() - t0
+        assert done.returncode == 0, f"local-slurm-cluster start failed:\n{done.stdout}\n{done.stderr}"
+        yield MultiNodeCluster(directory, job_env, start_s, [f"dn{i}" for i in range(1, nodes + 1)], script)
+    finally:  # also after a failed start or test: no namespace, bridge or daemon is left behind
+        stop = subprocess.run([str(script), "stop", str(directory)], capture_output=True, text=True, timeout=120)
+        assert stop.returncode == 0, f"local-slurm-cluster stop failed:\n{stop.stdout}\n{stop.stderr}"
+
+
+@pytest.fixture(scope="session")
+def local_cluster(tmp_path_factory: pytest.TempPathFactory, sysdeps: dict[str, bool]):
+    """A running two-node Slurm (nodes dn1, dn2 in their own namespaces), stopped after the session."""
+    _skip_without_slurm(sysdeps)
+    with _multi_node(tmp_path_factory.mktemp("cluster")) as cluster:
+        yield cluster
+
+
+@pytest.fixture
+def fresh_cluster(tmp_path_factory: pytest.TempPathFactory, sysdeps: dict[str, bool]):
+    """A three-node Slurm of its own for one test that kills a node: a two-node job requeued after
+    losing a node runs again on the two left, as it would on a real cluster with more nodes."""
+    _skip_without_slurm(sysdeps)
+    with _multi_node(tmp_path_factory.mktemp("cluster"), nodes=3) as cluster:
+        yield cluster

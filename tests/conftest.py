@@ -11,10 +11,11 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# Every test cluster here is one node. MPICH's UCX netmod may also pick its TCP transport, whose
-# address exchange fails intermittently on VMs whose NICs report no speed ("failed to unpack address,
-# invalid bandwidth 0.00" in MPI_Init; cf. pmodels/mpich#7417). Shared memory is all one node needs;
-# the setting reaches mpiexec and, through sbatch's exported environment, srun's ranks.
+# One-node runs (mpiexec, the one-node Slurm): MPICH's default UCX netmod may also wire up its TCP
+# transport, whose address exchange fails intermittently ("failed to unpack address, invalid
+# bandwidth 0.00" in MPI_Init; cf. pmodels/mpich#7417). Shared memory is all one node needs; the
+# setting reaches mpiexec and, through sbatch's exported environment, srun's ranks. The multi-node
+# test clusters drop it and use MPICH's OFI netmod over TCP instead (_slurm_fixtures.CLUSTER_MPI_ENV).
 os.environ.setdefault("UCX_TLS", "self,sm")
 
 
@@ -33,7 +34,8 @@ def refkit_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 from _cache_fixtures import kit  # noqa: E402,F401  (cache, offline and config tests)
 from _chain_fixtures import chain_run, science_run  # noqa: E402,F401  (science chain tests)
 from _engine_fixtures import engine_config  # noqa: E402,F401  (engine tests)
-from _slurm_fixtures import local_slurm, sysdeps  # noqa: E402,F401  (Slurm, container and shellcheck tests)
+from _slurm_fixtures import fresh_cluster, local_cluster, local_slurm, sysdeps  # noqa: E402,F401  (Slurm, container, shellcheck)
+from _slurm_survey_fixtures import slurm_config, slurm_survey  # noqa: E402,F401  (one- and multi-node Slurm tests)
 
 # Fixtures that stand on the reference kit: a test using any of them is marked `kit`, so `make test-fast`
 # (-m "not kit ...") runs only what needs no kit; the rest runs in `make test`.

@@ -17,7 +17,6 @@ Layout (all paths relative to RUN)::
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
 import tempfile
 from collections.abc import Iterator
@@ -95,21 +94,20 @@ class RunDir:
 
     @contextlib.contextmanager
     def lock(self, what: str = "run") -> Iterator[None]:
-        """Exclusive lock on the run directory: a second run on the same RUN refuses at once."""
+        """Exclusive lock on the run directory: a second run on the same RUN refuses at once; a lock
+        left by a killed process or a dead host is recognised as stale (dream_hpc.core.runlock)."""
+        from dream_hpc.core.runlock import LockBusy, RunLock
+
         self.root.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.root / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
         try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                holder = Path(self.root / ".lock").read_text().strip() or "another process"
-                raise RunDirError(f"{self.root}: already in use by {holder} (wait for it to finish, "
-                                  "or use another --out)") from None
-            os.ftruncate(fd, 0)
-            os.write(fd, f"{what} pid {os.getpid()} on {os.uname().nodename}\n".encode())
+            lock = RunLock(self.root, what)
+            lock.acquire()
+        except LockBusy as e:
+            raise RunDirError(str(e)) from None
+        try:
             yield
         finally:
-            os.close(fd)  # closing releases the flock, also when the process is killed
+            lock.release()
 
 
 @contextlib.contextmanager
