@@ -204,3 +204,12 @@ def _mosaic(run: RunDir, w: JournalWriter, date: str) -> None:
 
 def now() -> str:
     return _dt.datetime.now(_dt.UTC).isoformat()
+
+
+def consolidated_run(tmp_path: Path, name: str, **kw) -> Path:
+    """`make_run` under tmp_path/name, its provenance.h5 written."""
+    from dream_hpc.provenance.write import consolidate
+
+    run = make_run(tmp_path / name, **kw)
+    consolidate(run)
+    return run

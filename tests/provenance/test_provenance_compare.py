@@ -8,29 +8,17 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-from _provenance_fixtures import UNITS, make_run
+from _provenance_fixtures import UNITS, consolidated_run
 
 from dream_hpc.cli import main
-from dream_hpc.provenance import write
 from dream_hpc.provenance.compare_products import compare_arrays
 
 CAL = f"exposures/{UNITS[0]}_cal.fits"
 
 
-@pytest.fixture(autouse=True)
-def _digest_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("DREAM_HPC_CACHE_DIR", str(tmp_path / "digest-cache"))
-
-
-def _run(tmp_path: Path, name: str, **kw):
-    run = make_run(tmp_path / name, **kw)
-    write.consolidate(run)
-    return run
-
-
 @pytest.fixture
 def run_a(tmp_path: Path):
-    return _run(tmp_path, "a", date="2025-01-01T00:00:00")
+    return consolidated_run(tmp_path, "a", date="2025-01-01T00:00:00")
 
 
 def _compare(a, b, capsys, *extra: str) -> tuple[int, str]:
@@ -40,7 +28,7 @@ def _compare(a, b, capsys, *extra: str) -> tuple[int, str]:
 
 
 def test_identical_runs_in_other_directories_reproduce(run_a, tmp_path: Path, capsys) -> None:
-    run_b = _run(tmp_path, "b", ranks=2, date="2026-06-06T12:00:00")  # other dir, other ranks, other DATE
+    run_b = consolidated_run(tmp_path, "b", ranks=2, date="2026-06-06T12:00:00")  # other dir, other ranks, other DATE
     assert (run_a.root / CAL).read_bytes() != (run_b.root / CAL).read_bytes()  # headers differ
     rc, out = _compare(run_a, run_b, capsys, "--json", str(tmp_path / "cmp.json"))
     assert rc == 0, out
@@ -51,7 +39,7 @@ def test_identical_runs_in_other_directories_reproduce(run_a, tmp_path: Path, ca
 
 
 def test_one_pixel_different_is_reported_with_where_and_how_much(run_a, tmp_path: Path, capsys) -> None:
-    run_b = _run(tmp_path, "b", pixel_offset=0.25)
+    run_b = consolidated_run(tmp_path, "b", pixel_offset=0.25)
     rc, out = _compare(run_a, run_b, capsys)
     assert rc == 1
     assert "9 identical, 1 different" in out and f"different: {CAL}" in out
@@ -60,7 +48,7 @@ def test_one_pixel_different_is_reported_with_where_and_how_much(run_a, tmp_path
 
 
 def test_difference_within_jwst_tolerance_still_reproduces(run_a, tmp_path: Path, capsys) -> None:
-    run_b = _run(tmp_path, "b", pixel_offset=2e-6)  # ~1 ulp of a float32 near 1: below rtol 1e-5
+    run_b = consolidated_run(tmp_path, "b", pixel_offset=2e-6)  # ~1 ulp of a float32 near 1: below rtol 1e-5
     rc, out = _compare(run_a, run_b, capsys)
     assert rc == 0, out
     assert "1 within tolerance" in out and "SCI: within tolerance, 1 of 256 pixels differ" in out
@@ -68,7 +56,7 @@ def test_difference_within_jwst_tolerance_still_reproduces(run_a, tmp_path: Path
 
 
 def test_changed_parameter_is_named(run_a, tmp_path: Path, capsys) -> None:
-    run_b = _run(tmp_path, "b", jump_threshold=4.0)
+    run_b = consolidated_run(tmp_path, "b", jump_threshold=4.0)
     rc, out = _compare(run_a, run_b, capsys)
     assert rc == 1
     assert "config pipeline.detector1.jump.rejection_threshold: 5.0 (A) vs 4.0 (B)" in out
@@ -85,7 +73,7 @@ def _set_packages(path: Path, changes: dict[str, str]) -> None:
 
 
 def test_software_and_reference_drift_are_named(run_a, tmp_path: Path, capsys) -> None:
-    run_b = _run(tmp_path, "b")
+    run_b = consolidated_run(tmp_path, "b")
     _set_packages(run_b.provenance, {"jwst": "9.9.9"})
     with h5py.File(run_b.provenance, "a") as h5:
         rows = h5[f"units/{UNITS[0]}/detector1/refs"][()]

@@ -9,26 +9,13 @@ from pathlib import Path
 
 import h5py
 import numpy as np
-import pytest
-from _provenance_fixtures import UNITS, make_run, write_fits
+from _provenance_fixtures import UNITS, consolidated_run, write_fits
 
 from dream_hpc.cli import main
-from dream_hpc.provenance import write as provenance
 from dream_hpc.provenance.compare import EXIT_INCOMPLETE
 from dream_hpc.provenance.digest import science_digest
 
 CAL = f"exposures/{UNITS[0]}_cal.fits"
-
-
-@pytest.fixture(autouse=True)
-def _digest_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("DREAM_HPC_CACHE_DIR", str(tmp_path / "digest-cache"))
-
-
-def _run(tmp_path: Path, name: str, **kw):
-    run = make_run(tmp_path / name, **kw)
-    provenance.consolidate(run)
-    return run
 
 
 def _alone(run, where: Path) -> Path:
@@ -44,8 +31,8 @@ def _compare(a: Path, b: Path, capsys, *extra: str) -> tuple[int, str]:
 
 
 def test_record_alone_reproduced_by_recorded_digests(tmp_path: Path, capsys) -> None:
-    record = _alone(_run(tmp_path, "a", date="2025-01-01T00:00:00"), tmp_path / "elsewhere")
-    run_b = _run(tmp_path, "b", ranks=2, date="2026-06-06T12:00:00")  # other DATE: every file checksum differs
+    record = _alone(consolidated_run(tmp_path, "a", date="2025-01-01T00:00:00"), tmp_path / "elsewhere")
+    run_b = consolidated_run(tmp_path, "b", ranks=2, date="2026-06-06T12:00:00")  # other DATE: every file checksum differs
     rc, out = _compare(record, run_b.root, capsys, "--json", str(tmp_path / "cmp.json"))
     assert rc == 0, out
     assert "10 compared: 10 identical (10 by recorded checksums)" in out
@@ -57,8 +44,8 @@ def test_record_alone_reproduced_by_recorded_digests(tmp_path: Path, capsys) -> 
 
 
 def test_record_alone_names_the_product_that_differs(tmp_path: Path, capsys) -> None:
-    record = _alone(_run(tmp_path, "a"), tmp_path / "elsewhere")
-    run_b = _run(tmp_path, "b", pixel_offset=0.25)
+    record = _alone(consolidated_run(tmp_path, "a"), tmp_path / "elsewhere")
+    run_b = consolidated_run(tmp_path, "b", pixel_offset=0.25)
     rc, out = _compare(record, run_b.root, capsys)
     assert rc == 1, out
     assert "9 identical, 1 different" in out
@@ -69,13 +56,13 @@ def test_record_alone_names_the_product_that_differs(tmp_path: Path, capsys) -> 
 
 def test_record_alone_without_digests_is_incomplete_not_different(tmp_path: Path, capsys) -> None:
     """A record made before science digests: checksums that differ prove nothing (headers), so it says so."""
-    record = _alone(_run(tmp_path, "a"), tmp_path / "elsewhere")
+    record = _alone(consolidated_run(tmp_path, "a"), tmp_path / "elsewhere")
     with h5py.File(record, "a") as h5:
         names: list[str] = []
         h5.visit(lambda n: names.append(n) if n.endswith("/science_sha256") else None)
         for name in names:
             del h5[name]
-    run_b = _run(tmp_path, "b", date="2026-06-06T12:00:00")
+    run_b = consolidated_run(tmp_path, "b", date="2026-06-06T12:00:00")
     rc, out = _compare(record, run_b.root, capsys)
     assert rc == EXIT_INCOMPLETE == 3, out
     assert "10 compared: 10 unchecked" in out and "record has no science digest" in out
@@ -84,8 +71,8 @@ def test_record_alone_without_digests_is_incomplete_not_different(tmp_path: Path
 
 
 def test_a_product_b_did_not_make_is_a_difference(tmp_path: Path, capsys) -> None:
-    record = _alone(_run(tmp_path, "a"), tmp_path / "elsewhere")
-    run_b = _run(tmp_path, "b", fail_unit=UNITS[2])  # its detector1 fails: no rate, cal; no mosaic input
+    record = _alone(consolidated_run(tmp_path, "a"), tmp_path / "elsewhere")
+    run_b = consolidated_run(tmp_path, "b", fail_unit=UNITS[2])  # its detector1 fails: no rate, cal; no mosaic input
     rc, out = _compare(record, run_b.root, capsys)
     assert rc == 1, out
     assert f"  missing: exposures/{UNITS[2]}_cal.fits\n      recorded by A only" in out
@@ -95,8 +82,8 @@ def test_a_product_b_did_not_make_is_a_difference(tmp_path: Path, capsys) -> Non
 
 
 def test_both_records_alone_compare_their_digests(tmp_path: Path, capsys) -> None:
-    record_a = _alone(_run(tmp_path, "a"), tmp_path / "here-a")
-    record_b = _alone(_run(tmp_path, "b", date="2026-06-06T12:00:00"), tmp_path / "here-b")
+    record_a = _alone(consolidated_run(tmp_path, "a"), tmp_path / "here-a")
+    record_b = _alone(consolidated_run(tmp_path, "b", date="2026-06-06T12:00:00"), tmp_path / "here-b")
     rc, out = _compare(record_a, record_b, capsys)
     assert rc == 0, out
     assert "science digest of B's record equals A's record's" not in out  # identical products are not listed
@@ -105,8 +92,8 @@ def test_both_records_alone_compare_their_digests(tmp_path: Path, capsys) -> Non
 
 def test_a_b_file_edited_after_its_run_is_checked_as_it_is(tmp_path: Path, capsys) -> None:
     """B's record still holds the right digest; B's file is what is checked, and the edit is noted."""
-    record = _alone(_run(tmp_path, "a"), tmp_path / "elsewhere")
-    run_b = _run(tmp_path, "b")
+    record = _alone(consolidated_run(tmp_path, "a"), tmp_path / "elsewhere")
+    run_b = consolidated_run(tmp_path, "b")
     from astropy.io import fits
 
     with fits.open(run_b.root / CAL, memmap=False) as f:
@@ -162,7 +149,7 @@ def test_science_digest_of_tables_and_associations(tmp_path: Path) -> None:
 def test_reproduce_prints_and_records_what_it_remapped(tmp_path: Path, capsys) -> None:
     from dream_hpc.drivers.reproduce import prepare_reproduction as prepare
 
-    run_a = _run(tmp_path, "a")
+    run_a = consolidated_run(tmp_path, "a")
     shutil.copytree(tmp_path / "refkit", tmp_path / "cluster2/kit")  # the kit carried to another path
     args = type("Args", (), dict(record=str(run_a.root), out=str(tmp_path / "r2"), allow_drift=False, base=None,
                                  crds_path=str(tmp_path / "cluster2/kit/crds_cache"), mirage_data=None,
