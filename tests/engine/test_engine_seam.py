@@ -143,5 +143,7 @@ def test_coordinator_releases_the_mosaic_only_when_every_unit_ended(setup, monke
     assert "did not finish" in sched.blocked["F277W"] and other[0].unit_id in sched.blocked["F277W"]
     assert sched.outcomes["mosaic_F150W"].status == "done"
     assert (run.mosaic / "f150w_i2d.txt").read_text().count("\n") == 2
+    mosaic = read_run(run).mosaics["F150W"]  # what resume and the summary read back: products and times
+    assert mosaic.status == "done" and mosaic.data["wall_s"] > 0 and mosaic.data["outputs"]
     kinds = [r["kind"] for r in ordered_records(read_journal(run.journal))]
     assert kinds.count("unit_done") == 3 and kinds.count("mosaic_done") == 1 and kinds.count("unit_failed") == 1

@@ -175,7 +175,8 @@ def read_run(run: RunDir) -> RunView:
         m.journal, m.step, m.error = st.journal or None, st.step or None, st.error or None
         if st.status == "done":
             m.status, m.error = "done", None
-            m.data = {**{k: getattr(st, k) for k in RESULT_FIELDS}, "filter": name, "asn": st.asn}
+            m.data = {**{k: getattr(st, k) for k in RESULT_FIELDS}, "filter": name, "asn": st.asn,
+                      "wall_s": st.wall_s, "cpu_s": st.cpu_s, "peak_rss_mb": st.peak_rss_mb, "start": st.start}
         elif st.status in ("failed", "timeout", "blocked"):
             m.status = "failed"
         else:
