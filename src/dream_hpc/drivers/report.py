@@ -35,7 +35,7 @@ FILENAME = "report.html"
 MAX_FAILURES = 50  # failure rows shown; the rest are counted ("and N more")
 MAX_LOGS = 20  # log excerpts embedded (for the first failures shown)
 LOG_TAIL_LINES = 40
-LOG_TAIL_BYTES = 6000
+LOG_TAIL_BYTES = 16000
 SLOWEST = 20
 MAX_PROBLEMS = 30
 BAD = ("failed", "timeout", "interrupted")
@@ -86,7 +86,8 @@ def _anchor(name: str) -> str:
 
 
 def log_tail(path: Path, lines: int = LOG_TAIL_LINES, max_bytes: int = LOG_TAIL_BYTES) -> str | None:
-    """The last `lines` lines of a log (at most `max_bytes` of it); None when there is no log."""
+    """The end of a log: from its last traceback's first line when that is in the last `max_bytes`
+    (the whole error, as the unit log records it), else its last `lines` lines; None without a log."""
     try:
         with open(path, "rb") as f:
             f.seek(0, 2)
@@ -95,9 +96,14 @@ def log_tail(path: Path, lines: int = LOG_TAIL_LINES, max_bytes: int = LOG_TAIL_
             text = f.read().decode("utf-8", errors="replace")
     except OSError:
         return None
-    tail = text.splitlines()[-lines:]
-    if size > max_bytes and tail:
-        tail[0] = "…" + tail[0]
+    all_lines = text.splitlines()
+    if size > max_bytes and all_lines:
+        all_lines = all_lines[1:]  # a line cut by the byte limit
+    starts = [i for i, ln in enumerate(all_lines) if ln.startswith("Traceback (most recent call last)")]
+    first = max(0, starts[-1] - 3) if starts else max(0, len(all_lines) - lines)
+    tail = all_lines[first:]
+    if first > 0 or size > max_bytes:
+        tail.insert(0, "…")
     return "\n".join(tail)
 
 
@@ -302,12 +308,12 @@ def run_section(run: RunDir, view: RunView, plan: dict[str, Any]) -> dict[str, A
     table = []
     for s in STAGES:
         row = {"stage": s}
-        for m, label in figs.METRICS:
+        for m, _ in figs.METRICS:
             row[m] = _stats(values[s][m])
         if any(row[m] for m, _ in figs.METRICS):
             table.append(row)
     slowest = sorted(totals, key=lambda t: -t["wall_s"])[:SLOWEST]
-    labels, bars, _ = collect(run)
+    labels, bars, _ = collect(run, view.model)
     n_fail = sum(b.mark in ("failed", "timeout") for b in bars)
     title = (f"{len({b.unit for b in bars if not b.unit.startswith('mosaic')})} units on {len(labels)} rank rows; "
              f"{n_fail} failed or timed out")
