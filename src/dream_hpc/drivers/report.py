@@ -171,6 +171,9 @@ def failures(run: RunDir, view: RunView) -> dict[str, Any]:
             rows.append({"unit": f"mosaic {name}", "status": m.status, "stage": "image3", "step": m.step or "-",
                          "error": _first_line(m.error or m.status), "log": run.rel(run.logs / f"mosaic_{name}.log"),
                          "anchor": _anchor(f"mosaic-{name}")})
+    # many failures usually share a cause: one line per (status, stage, step, error kind) first
+    groups = Counter((r["status"], r["stage"], r["step"], r["error"].split(":", 1)[0][:80]) for r in rows)
+    by_cause = [{"status": s, "stage": st, "step": sp, "kind": k, "n": n} for (s, st, sp, k), n in groups.most_common(12)]
     shown = rows[:MAX_FAILURES]
     logs = []
     for r in shown[:MAX_LOGS]:
@@ -179,10 +182,12 @@ def failures(run: RunDir, view: RunView) -> dict[str, Any]:
         except RunDirError:
             text = None
         r["has_log"] = text is not None
-        logs.append({"anchor": r["anchor"], "unit": r["unit"], "log": r["log"], "text": text or "(no log file)"})
+        if text is not None:  # (a blocked mosaic never started, so it has no log)
+            logs.append({"anchor": r["anchor"], "unit": r["unit"], "log": r["log"], "text": text})
     for r in shown[MAX_LOGS:]:
         r["has_log"] = False
-    return {"rows": shown, "n": len(rows), "more": len(rows) - len(shown), "logs": logs,
+    return {"rows": shown, "n": len(rows), "more": len(rows) - len(shown), "logs": logs, "by_cause": by_cause,
+            "causes_more": max(0, len(groups) - len(by_cause)),
             "logs_more": max(0, len(shown) - MAX_LOGS)}
 
 
