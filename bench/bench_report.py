@@ -6,7 +6,8 @@ with the records a real run writes per unit: unit_start, a start/done step recor
 and jwst step (26 steps), stage_done for simulate/detector1/image2 with realistic params, refs,
 checksums and step times, unit_done; 1% of units fail in a jwst step and 0.2% time out, each with a
 log; one mosaic per filter; plan.json with every unit. Figures come from a real run when one is given
-(--figures-from, e.g. the demo's runs/demo), so the page carries real-sized images.
+(--figures-from, e.g. the demo's runs/demo, with its summary.json's science entries), so the page
+carries real-sized images.
 
 Printed: journal size, the time of `read_run` (what `dream-hpc status` does: the baseline, measured
 in the same run) and of the whole report (read model + timeline + figures + template), their ratio,
@@ -181,6 +182,15 @@ def copy_figures(src: Path | None, run: Path) -> None:
             shutil.copy(previews[k % len(previews)], figures / f"mosaic_{filt.lower()}.png")
         if sciences:
             shutil.copy(sciences[k % len(sciences)], figures / f"science_{filt.lower()}.png")
+    try:  # the real run's science entries (with its completeness curve), reused the same way
+        entries = [e for e in json.loads((src / "summary.json").read_text())["mosaics"].values() if "science" in e]
+    except (OSError, ValueError, KeyError):
+        entries = []
+    if entries:
+        mosaics = {filt: entries[k % len(entries)] | {"preview": f"figures/mosaic_{filt.lower()}.png",
+                                                       "science_figure": f"figures/science_{filt.lower()}.png"}
+                   for k, (filt, _) in enumerate(FILTERS)}
+        (run / "summary.json").write_text(json.dumps({"mosaics": mosaics, "wall_s": 12000.0}))
 
 
 def main() -> int:

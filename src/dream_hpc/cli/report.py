@@ -17,7 +17,8 @@ def _cmd_report(args: argparse.Namespace) -> int:
     if not (root / "journal").is_dir():
         raise UserError(f"{root}: not a dream-hpc run directory (no journal/; give the --out of a run)")
     cfg = load_config(args.config) if args.config else None
-    path = write_report(RunDir(root.resolve()), cfg, args.out, verify_products=args.verify_products)
+    path = write_report(RunDir(root.resolve()), cfg, args.out, verify_products=args.verify_products,
+                        audit_record=True if args.audit else None)
     print(f"report: {path} ({path.stat().st_size / 1e6:.2f} MB)")
     return 0
 
@@ -31,6 +32,8 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--out", help="write the page here instead of RUN/report.html")
     p.add_argument("--config", help="the survey config, if RUN/config.yaml's relative paths do not resolve "
                                     "(default: the recorded config file, else RUN/config.yaml)")
+    p.add_argument("--audit", action="store_true",
+                   help="audit the record for the page also when the run has over 1,000 units (minutes)")
     p.add_argument("--verify-products", action="store_true",
                    help="also re-hash every recorded product in the audit (slow for big runs)")
     p.set_defaults(func=_cmd_report)

@@ -44,6 +44,7 @@ MAX_LOGS = 20  # log excerpts embedded (for the first failures shown)
 LOG_TAIL_LINES = 40
 LOG_TAIL_BYTES = 16000
 MAX_PROBLEMS = 30
+AUDIT_MAX_UNITS = 1000  # larger runs: the page skips the record audit unless asked (audit_status)
 BAD = ("failed", "timeout", "interrupted")
 
 
@@ -146,14 +147,25 @@ def failures(run: RunDir, view: RunView) -> dict[str, Any]:
             "logs_more": max(0, len(shown) - MAX_LOGS)}
 
 
-def audit_status(run: RunDir, state: str, verify_products: bool) -> dict[str, Any]:
-    """The audit of provenance.h5 (record against journal; products too with `verify_products`)."""
+def audit_status(run: RunDir, state: str, verify_products: bool, audit_record: bool | None,
+                 n_units: int) -> dict[str, Any]:
+    """The audit of provenance.h5 (record against journal; products too with `verify_products`).
+
+    `audit_record` None: only for runs of up to AUDIT_MAX_UNITS units. The record audit rebuilds the
+    whole record from the journal: measured ~4 min for 3,000 units (bench/bench_report.py), so the
+    page written at the end of a big survey names the command instead of making the survey wait."""
+    if audit_record is None:
+        audit_record = verify_products or n_units <= AUDIT_MAX_UNITS
     if state in ("running", "not started"):
         return {"status": "not run", "ok": None, "why": "the run is in progress; audit it when it has ended "
                 "(`dream-hpc audit RUN`)", "problems": []}
     if not run.provenance.is_file():
         return {"status": "not run", "ok": None, "problems": [],
                 "why": "no provenance.h5 yet (built at the end of `survey`/`mosaic`, or by `dream-hpc provenance RUN`)"}
+    if not audit_record:
+        return {"status": "not run", "ok": None, "problems": [],
+                "why": f"not run for the page at {n_units:,} units (it rebuilds the whole record): "
+                       "`dream-hpc audit RUN`, or `dream-hpc report RUN --audit`"}
     from dream_hpc.provenance.audit import audit, capped
     from dream_hpc.provenance.read import ProvenanceError
 
@@ -201,7 +213,8 @@ def verdict(view: RunView, state: str, fails: dict[str, Any], science: dict[str,
 
 
 # --- the page ---------------------------------------------------------------------------------
-def build_context(run: RunDir, cfg: SurveyConfig | None = None, verify_products: bool = False) -> dict[str, Any]:
+def build_context(run: RunDir, cfg: SurveyConfig | None = None, verify_products: bool = False,
+                  audit_record: bool | None = None) -> dict[str, Any]:
     """Everything the template shows, read from the run directory."""
     view = read_run(run)
     state, state_line = run_state(view)
@@ -217,7 +230,7 @@ def build_context(run: RunDir, cfg: SurveyConfig | None = None, verify_products:
     survey = survey_section(run, view, cfg, cfg_source)
     fails = failures(run, view)
     science = science_section(run, view, summary)
-    audit = audit_status(run, state, verify_products)
+    audit = audit_status(run, state, verify_products, audit_record, len(view.units))
     return {
         "title": f"{(cfg.survey.name if cfg else survey['plan'].get('survey')) or 'dream-hpc run'}: {run.root.name}",
         "run_dir": str(run.root), "generated": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
@@ -251,10 +264,10 @@ def render(ctx: dict[str, Any]) -> str:
 
 
 def write_report(run: RunDir | str | Path, cfg: SurveyConfig | None = None, out: str | Path | None = None,
-                 verify_products: bool = False) -> Path:
+                 verify_products: bool = False, audit_record: bool | None = None) -> Path:
     """Render RUN/report.html (or `out`), atomically; returns its path."""
     run = run if isinstance(run, RunDir) else RunDir(Path(run).resolve())
-    html = render(build_context(run, cfg, verify_products))
+    html = render(build_context(run, cfg, verify_products, audit_record))
     path = Path(out) if out else run.root / FILENAME
     atomic_write_text(path, html)
     return path
