@@ -45,7 +45,8 @@ $(DEMO_CATALOG): $(BIN)/.installed $(DEMO_CONFIG)
 demo: $(KIT)/.built $(DEMO_CATALOG)
 	$(BIN)/dream-hpc survey $(DEMO_CONFIG) --out $(DEMO_RUN)
 
-# sysdeps (Slurm, munge, shellcheck) come first: the Slurm tests start a real one-node Slurm.
+# sysdeps (Slurm, munge, shellcheck, chromium) come first: the Slurm tests start a real one-node Slurm,
+# the report test opens RUN/report.html in headless Chromium.
 test: sysdeps $(KIT)/.built
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 

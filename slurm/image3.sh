@@ -1,6 +1,7 @@
 #!/bin/bash
 # The Image3 phase of a survey as one Slurm job: a single large-memory task runs
-# `dream-hpc mosaic` (one Image3 per filter), rebuilds provenance.h5 and runs `dream-hpc audit`.
+# `dream-hpc mosaic` (one Image3 per filter, then the science check, summary.json and the run's page
+# RUN/report.html), rebuilds provenance.h5 and runs `dream-hpc audit`.
 #
 # slurm/full_survey.sh submits it with --dependency=afterok:<survey job>, so it starts only once
 # every unit has been processed and the many-node allocation is already released. It can also be
@@ -39,5 +40,5 @@ dream_log "mosaic exit code $rc"
 # The record and its audit are made even when a filter failed: they say what is missing.
 "${DREAM_LAUNCH[@]}" provenance "$DREAM_RUN" || rc=$((rc ? rc : $?))
 "${DREAM_LAUNCH[@]}" audit "$DREAM_RUN" || rc=$((rc ? rc : $?))
-dream_log "done (exit code $rc); status: dream-hpc status $DREAM_RUN"
+dream_log "done (exit code $rc); report: $DREAM_RUN/report.html; status: dream-hpc status $DREAM_RUN"
 exit "$rc"

@@ -17,7 +17,7 @@ from dream_hpc.core.errors import UserError
 
 COMMAND_MODULES = tuple(f"dream_hpc.cli.{name}" for name in (
     "versions", "refkit", "cache", "catalog", "plan", "params", "survey", "run", "mosaic", "status",
-    "provenance", "slurm"))
+    "provenance", "slurm", "report"))
 
 
 def build_parser() -> argparse.ArgumentParser:

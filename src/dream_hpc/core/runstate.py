@@ -18,7 +18,7 @@ from typing import Any
 from dream_hpc.core.journal import JournalFile, ordered_records, read_journal, record_hash
 from dream_hpc.core.records import RESULT_FIELDS
 from dream_hpc.core.rundir import RunDir
-from dream_hpc.core.runmodel import StageRecord, build
+from dream_hpc.core.runmodel import Model, StageRecord, build
 from dream_hpc.core.workunit import STAGES
 
 FINAL = ("done", "failed", "timeout")
@@ -63,6 +63,7 @@ class RunView:
     planned: dict[str, dict[str, Any]] = field(default_factory=dict)  # unit id -> plan entry
     last_record: str | None = None
     live_files: set[str] = field(default_factory=set)
+    model: Model | None = field(default=None, repr=False)  # the read model it was derived from (timeline, report)
 
     def count(self, status: str) -> int:
         return sum(1 for u in self.units.values() if u.status == status)
@@ -154,7 +155,7 @@ def read_run(run: RunDir) -> RunView:
     view.starts = [r for r in records if r.get("kind") == "run_start"]
     view.ends = [r for r in records if r.get("kind") == "run_end"]
     view.last_record = records[-1]["time"] if records else None
-    model = build(files)
+    model = view.model = build(files)
     for uid, u in model.units.items():
         state = view.units.setdefault(uid, UnitState(uid))
         state.journal, state.attempts = u.journal or None, u.starts

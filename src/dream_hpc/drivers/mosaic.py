@@ -1,7 +1,7 @@
 """The mosaic driver: verify the units an earlier run finished, run Image3 per filter, write the summary.
 
 Like jwst's `calwebb_image3`, it composes lower layers only: the engine (with units verified, never
-computed), then the end-of-run summary (drivers/summary.py).
+computed), then the end-of-run summary (drivers/summary.py) and the run's page (drivers/report.py).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from dream_hpc.core.rundir import RunDir
 def make_mosaics(cfg: SurveyConfig, out: str | Path, filter_: str | None = None, quiet: bool = False) -> int:
     """Image3 per filter (or only `filter_`) over the units of run `out` that verify; exit code."""
     from dream_hpc.core.runstate import read_run
-    from dream_hpc.drivers import summary
+    from dream_hpc.drivers import report, summary
     from dream_hpc.engine.execute import execute
     from dream_hpc.stages.preflight import go_offline
 
@@ -41,9 +41,12 @@ def make_mosaics(cfg: SurveyConfig, out: str | Path, filter_: str | None = None,
     go_offline(cfg)  # the summary reads the mosaics offline, as the run did
     with result.run.lock("mosaic summary"):
         s = summary.finish(cfg, result.run, time.monotonic() - t0, filters)
+        page = report.write_quietly(result.run, cfg)
     if not quiet:
         shown = {f: m for f, m in s["mosaics"].items() if not filters or f in filters}
         print("\n".join(summary.mosaic_lines(shown)))
+        if page:
+            print(f"  report: {page}")
     failed = any("error" in m for f, m in s["mosaics"].items() if not filters or f in filters)
     code = result.exit_code
     return code if code not in (0, 1) else int(code == 1 or failed)

@@ -1,7 +1,7 @@
 """The survey driver: the engine in this process over every unit and mosaic, then the summary.
 
 dream-hpc's `calwebb_*`: it composes the engine (engine/execute.py) and the end-of-run summary
-(drivers/summary.py); no step logic lives here.
+(drivers/summary.py) and the run's page (drivers/report.py); no step logic lives here.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from dream_hpc.config import SurveyConfig
 
 def run_survey(cfg: SurveyConfig, out: str | Path, quiet: bool = False) -> tuple[int, dict[str, Any] | None]:
     """`dream-hpc run` in this process (no launcher) + the summary; (exit code, summary or None if stopped)."""
-    from dream_hpc.drivers import summary
+    from dream_hpc.drivers import report, summary
     from dream_hpc.engine.execute import execute
     from dream_hpc.stages.preflight import go_offline
 
@@ -33,6 +33,9 @@ def run_survey(cfg: SurveyConfig, out: str | Path, quiet: bool = False) -> tuple
     go_offline(cfg)  # the summary reads the mosaics offline, as the run did
     with result.run.lock("survey summary"):
         s = summary.finish(cfg, result.run, time.monotonic() - t0)
+        page = report.write_quietly(result.run, cfg)
     if not quiet:
         print(summary.format_summary(s))
+        if page:
+            print(f"  report: {page}")
     return (result.exit_code or (0 if summary.ok(s) else 1)), s

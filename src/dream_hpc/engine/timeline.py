@@ -13,7 +13,7 @@ from pathlib import Path
 
 from dream_hpc.core.journal import read_journal
 from dream_hpc.core.rundir import RunDir, atomic_path
-from dream_hpc.core.runmodel import build
+from dream_hpc.core.runmodel import Model, build
 
 STAGE_COLOURS = {"simulate": "#4c72b0", "detector1": "#55a868", "image2": "#c4a000", "mosaic": "#8172b2"}
 MARKS = {"failed": ("X", "#d62728", "failed"), "timeout": ("v", "#ff7f0e", "timed out"),
@@ -40,13 +40,13 @@ def _t(iso: str) -> float:
 _END = {"stage_done": None, "unit_failed": "failed", "unit_timeout": "timeout"}
 
 
-def collect(run: RunDir) -> tuple[list[str], list[Bar], float]:
+def collect(run: RunDir, model: Model | None = None) -> tuple[list[str], list[Bar], float]:
     """Rows (a rank in one attempt), bars, and the time origin, from the one read model of the run.
 
     Every unit's event history holds every attempt: a bar runs from the unit's previous boundary
     (its start, or the end of its previous stage) to a stage_done, a failure or a time-out; a unit
     whose history stops mid-stage ends in a "killed" bar at its rank's last record."""
-    model = build(read_journal(run.journal))
+    model = model if model is not None else build(read_journal(run.journal))  # given: read once by the caller
     rows: dict[tuple[int, int, str], int] = {}
     last_seen: dict[tuple[int, int, str], float] = {}
     keys = sorted({(e[1], e[2], e[3]) for u in model.units.values() for e in u.events}

@@ -245,11 +245,34 @@ def check_filter(cfg: Any, filter_: str, i2d: Path, cat: Path) -> dict[str, Any]
             "galaxies_isophotal": _stats(resid_iso[rec & ~is_star]),
         },
     }
+    result["completeness_by_mag"] = completeness_by_mag(mags_all[idx], matched, sample)
     result["passed"] = passed(result)
     # per-source arrays for the figure (not written to summary.json)
     result["_points"] = {"mag_in": mags_all[idx], "snr": snr, "sample": sample, "matched": matched,
                          "is_star": is_star, "resid_total": resid_total, "dx": dx, "dy": dy}
     return result
+
+
+def completeness_by_mag(mag: np.ndarray, matched: np.ndarray, sample: np.ndarray,
+                        width: float = 0.5) -> list[dict[str, Any]]:
+    """Recovered fraction of the input sources on the mosaic per `width`-mag bin of input magnitude
+    (all of them, and the bright isolated sample the headline completeness uses): the depth curve."""
+    mag = np.asarray(mag, float)
+    ok = np.isfinite(mag)
+    if not ok.any():
+        return []
+    lo = math.floor(float(mag[ok].min()) / width) * width
+    edges = np.arange(lo, float(mag[ok].max()) + width, width)
+    which = np.digitize(mag, edges) - 1
+    rows = []
+    for b in range(len(edges) - 1):
+        inside = ok & (which == b)
+        if inside.any():
+            rows.append({"mag_lo": round(float(edges[b]), 3), "mag_hi": round(float(edges[b + 1]), 3),
+                         "n": int(inside.sum()), "n_matched": int((inside & matched).sum()),
+                         "n_sample": int((inside & sample).sum()),
+                         "n_sample_matched": int((inside & sample & matched).sum())})
+    return rows
 
 
 def _missed(sel: np.ndarray, mag: np.ndarray, snr: np.ndarray, is_star: np.ndarray,
