@@ -18,6 +18,7 @@ help:
 	@echo "make kit        build the offline reference kit (CRDS cache + MIRAGE_DATA) in $(KIT)"
 	@echo "make bench      benchmarks (bench/)"
 	@echo "make container  build the Apptainer image (needs apptainer)"
+	@echo "make container-rootfs  build the same image without Apptainer (root: debootstrap, chroot) as SquashFS"
 
 # The venv is installed only from the hashed lock file: the same pins CI and the image use.
 $(BIN)/.installed: requirements.lock pyproject.toml
@@ -44,7 +45,8 @@ $(DEMO_CATALOG): $(BIN)/.installed $(DEMO_CONFIG)
 demo: $(KIT)/.built $(DEMO_CATALOG)
 	$(BIN)/dream-hpc survey $(DEMO_CONFIG) --out $(DEMO_RUN)
 
-# sysdeps (Slurm, munge, shellcheck) come first: the Slurm tests start a real one-node Slurm.
+# sysdeps (Slurm, munge, shellcheck, debootstrap, squashfs-tools) come first: the Slurm tests start a
+# real one-node Slurm, the container test builds the image (containers/build-rootfs.sh).
 test: sysdeps $(KIT)/.built
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 

@@ -1,17 +1,18 @@
 #!/usr/bin/env bash
-# Install the system packages the Slurm tests and the shell lint need: slurm-wlm, munge, shellcheck.
+# Install the system packages the Slurm tests, the shell lint and the image build need: slurm-wlm,
+# munge, shellcheck, debootstrap and squashfs-tools (make container-rootfs).
 #
 # Idempotent: installs only what is missing (one `apt-get update` when something is). Skips with a
 # message (exit 0) when not root or when apt-get is absent, so `make test` on a laptop still runs;
 # the Slurm tests then skip naming the reason. Package installs never start system daemons here:
 # scripts/local-slurm.sh starts exactly the daemons a test needs, under its own directory.
 #
-# Usage: scripts/install-sysdeps.sh [PACKAGE...]   (default: slurm-wlm munge shellcheck)
+# Usage: scripts/install-sysdeps.sh [PACKAGE...]   (default: slurm-wlm munge shellcheck debootstrap squashfs-tools)
 set -euo pipefail
 
 packages=("$@")
 if [[ ${#packages[@]} -eq 0 ]]; then
-    packages=(slurm-wlm munge shellcheck)
+    packages=(slurm-wlm munge shellcheck debootstrap squashfs-tools)
 fi
 
 is_installed() {
