@@ -56,7 +56,7 @@ lint: venv
 lock:
 	test -x $(BIN)/pip-compile || $(BIN)/python -m pip install --quiet pip-tools
 	$(BIN)/pip-compile --generate-hashes --allow-unsafe --strip-extras --no-emit-index-url \
-		-o requirements.lock requirements.in
+		--no-emit-find-links -o requirements.lock requirements.in
 
 bench: $(KIT)/.built
 	$(BIN)/python bench/bench_engine.py

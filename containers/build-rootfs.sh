@@ -17,10 +17,12 @@
 #      dream_hpc.runinfo.cached_sha256, the function a run inside the image uses to hash it.
 #
 # Out: OUT/dream-hpc.sqfs, OUT/dream-hpc.sqfs.sha256 (sha256sum format), OUT/image.json (the
-# image's identity), OUT/build.json (key, times, sizes), OUT/build.log. OUT/cache keeps the .deb and
-# pip downloads for the next build. The build is skipped when OUT/build.json has the same key: a
-# sha256 over the definition, containers/, the lock and every %files source (the staged references
-# by their CONTEXT and manifest). `--key` prints that key and exits.
+# image's identity), OUT/build.json (key, times, sizes), OUT/build.log. OUT/cache/debs keeps
+# debootstrap's downloads for the next build. The recipe's apt and pip downloads are not kept:
+# Debian 12's pip 23.0.1 writes no cache, and the lock's ~1 GB came from PyPI in under a minute.
+# The build is skipped when OUT/build.json has the same key: a sha256 over the definition,
+# containers/, the lock and every %files source (the staged references by their CONTEXT and
+# manifest). `--key` prints that key and exits.
 #
 # Needs root, debootstrap, mksquashfs, unshare (scripts/install-sysdeps.sh installs them), the
 # staged references (make crds-cache) and build/image-meta/git_commit (make container-rootfs
@@ -105,7 +107,7 @@ safe_rm() {
     rm -rf --one-file-system "$1"
 }
 
-mkdir -p "$out/cache/debs" "$out/cache/apt" "$out/cache/pip"
+mkdir -p "$out/cache/debs"
 rootfs=$(mktemp -d "$out/rootfs.tmp-XXXXXX")
 chmod 755 "$rootfs"  # it becomes the image's /: mktemp's 700 would lock out every user (and apt's _apt)
 cleanup() {
@@ -145,8 +147,7 @@ labels_build=/.singularity.d/labels.build
 mkdir -p "$rootfs/.singularity.d/env"
 : >"$rootfs$labels_build"
 t0=$SECONDS
-"$here/image-chroot.sh" build "$rootfs" --cache "apt=$out/cache/apt" --cache "pip=$out/cache/pip" \
-    --env DREAM_IMAGE_BUILDER=debootstrap \
+"$here/image-chroot.sh" build "$rootfs" --env DREAM_IMAGE_BUILDER=debootstrap \
     --env "DREAM_IMAGE_BASE=debian:bookworm (debootstrap --variant=minbase)" \
     --env "DREAM_IMAGE_LABELS=$labels_build" \
     -- /bin/sh -c "$(section post)"

@@ -1,10 +1,9 @@
 #!/usr/bin/env bash
 # Run a command inside a dream-hpc root filesystem (chroot), in namespaces of its own.
 #
-#   containers/image-chroot.sh build ROOTFS [--cache NAME=HOSTDIR]... [--env NAME=VALUE]... -- CMD...
-#       A build step in the (writable) root filesystem ROOTFS, with the host's network and DNS,
-#       the host's CA bundle at $PIP_CERT (for a TLS-inspecting proxy) and download caches bound in:
-#       NAME=apt  -> /var/cache/apt/archives,   NAME=pip -> /run/dream-build/pip ($DREAM_PIP_CACHE).
+#   containers/image-chroot.sh build ROOTFS [--env NAME=VALUE]... -- CMD...
+#       A build step in the (writable) root filesystem ROOTFS, with the host's network and DNS, and
+#       the host's CA bundle at $PIP_CERT (a TLS-inspecting proxy), both for the build only.
 #   containers/image-chroot.sh run IMAGE [--bind DIR]... [--env NAME=VALUE]... [--pwd DIR] -- CMD...
 #       A run from the packed image IMAGE (SquashFS), the way `apptainer exec --cleanenv
 #       --writable-tmpfs` runs a .sif: the image read-only under a tmpfs overlay (writes vanish),
@@ -23,7 +22,7 @@
 set -euo pipefail
 
 die() { echo "image-chroot: error: $*" >&2; exit 1; }
-usage() { sed -n '2,8p' "$0" >&2; exit 2; }
+usage() { sed -n '4p;7p' "$0" | sed 's/^# */usage: /' >&2; exit 2; }
 
 [[ $# -ge 2 ]] || usage
 mode=$1
@@ -40,13 +39,12 @@ if [[ ${DREAM_IMAGE_CHROOT_INNER:-} != 1 ]]; then
 fi
 unset DREAM_IMAGE_CHROOT_INNER
 
-target=$(realpath -e "$2") || die "$2 not found"
+target=$(realpath -e "$2" 2>/dev/null) || die "$2 not found"
 shift 2
-binds=() caches=() envs=() pwd_in=/
+binds=() envs=() pwd_in=/
 while [[ $# -gt 0 ]]; do
     case $1 in
-        --bind) binds+=("$(realpath -e "$2")") || die "--bind $2: no such directory"; shift 2 ;;
-        --cache) caches+=("$2"); shift 2 ;;
+        --bind) binds+=("$(realpath -e "$2" 2>/dev/null)") || die "--bind $2: no such directory"; shift 2 ;;
         --env) [[ $2 == *=* ]] || die "--env $2: expected NAME=VALUE"; envs+=("$2"); shift 2 ;;
         --pwd) pwd_in=$2; shift 2 ;;
         --) shift; break ;;
@@ -114,17 +112,6 @@ if [[ $mode == build ]]; then
     # DNS for the downloads, only while building (the image keeps an empty resolv.conf).
     [[ -e $root/etc/resolv.conf ]] || : >"$root/etc/resolv.conf"
     do_mount "$root/etc/resolv.conf" --bind -o ro /etc/resolv.conf
-    for spec in "${caches[@]}"; do
-        name=${spec%%=*} host=${spec#*=}
-        mkdir -p "$host"
-        case $name in
-            apt) do_mount "$root/var/cache/apt/archives" --bind "$host" ;;
-            pip) mkdir -p "$root/run/dream-build/pip"
-                 do_mount "$root/run/dream-build/pip" --bind "$host"
-                 base_env+=(DREAM_PIP_CACHE=/run/dream-build/pip) ;;
-            *) die "--cache $spec: unknown cache (apt or pip)" ;;
-        esac
-    done
 else
     image=$target
     [[ -f $image ]] || die "$image is not an image file"

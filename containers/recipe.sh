@@ -15,8 +15,6 @@
 #   DREAM_IMAGE_BUILDER   apptainer | debootstrap
 #   DREAM_IMAGE_BASE      the base the builder started from
 #   DREAM_IMAGE_CONTEXT   the CRDS context the definition pins (the staged cache must hold that one)
-#   DREAM_PIP_CACHE       optional: a pip cache directory to reuse (build-rootfs.sh binds one in;
-#                         the default is no cache, nothing left in the image)
 #   PIP_CERT              optional: a CA bundle for the build's downloads (a TLS-inspecting proxy)
 set -eu
 
@@ -24,12 +22,8 @@ builder=${DREAM_IMAGE_BUILDER:?DREAM_IMAGE_BUILDER must name the builder (apptai
 base=${DREAM_IMAGE_BASE:?DREAM_IMAGE_BASE must name the base image}
 context=${DREAM_IMAGE_CONTEXT:?DREAM_IMAGE_CONTEXT must name the pinned CRDS context}
 top=/opt/dream-hpc
-export PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_INPUT=1
-if [ -n "${DREAM_PIP_CACHE:-}" ]; then
-    pip_cache="--cache-dir=$DREAM_PIP_CACHE"
-else
-    pip_cache="--no-cache-dir"
-fi
+# No pip cache in the image (and Debian 12's pip 23.0.1 silently writes none anyway).
+export PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_INPUT=1
 
 # 1. Python 3.11 with venv, and what the lock's source distributions need to build (nircam-gsim
 #    and others compile C extensions): a C compiler and Python's headers. The definition's base
@@ -58,11 +52,9 @@ esac
 
 # 2. Exactly the lock: every package pinned and hash-checked, nothing resolved here.
 python3.11 -m venv /opt/dream-hpc/venv
-# shellcheck disable=SC2086  # $pip_cache is one option
-/opt/dream-hpc/venv/bin/python -m pip install --quiet $pip_cache --require-hashes --no-deps -r /opt/dream-hpc/requirements.lock
+/opt/dream-hpc/venv/bin/python -m pip install --quiet --require-hashes --no-deps -r /opt/dream-hpc/requirements.lock
 # dream-hpc itself, without letting pip touch the locked dependencies.
-# shellcheck disable=SC2086
-/opt/dream-hpc/venv/bin/python -m pip install --quiet $pip_cache --no-deps --no-build-isolation /opt/dream-hpc/source
+/opt/dream-hpc/venv/bin/python -m pip install --quiet --no-deps --no-build-isolation /opt/dream-hpc/source
 rm -rf /opt/dream-hpc/source/build /opt/dream-hpc/source/src/*.egg-info
 if [ -n "$build_pkgs" ]; then
     # shellcheck disable=SC2086
