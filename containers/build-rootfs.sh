@@ -88,6 +88,10 @@ py=${DREAM_PYTHON:-$root/.venv/bin/python}
 mkdir -p "$out"
 out=$(cd "$out" && pwd -P)
 image=$out/dream-hpc.sqfs
+# One build at a time per OUT (make container-rootfs and the test may meet): the second waits, then
+# finds the image up to date.
+exec 9>"$out/.lock"
+flock 9
 key=$(image_key)
 if [[ -f $image && -f $out/build.json ]] && grep -q "\"key\": \"$key\"" "$out/build.json"; then
     log "up to date: $image (key ${key:0:16}...; $(cut -c1-16 "$image.sha256")...)"
@@ -107,6 +111,12 @@ safe_rm() {
     rm -rf --one-file-system "$1"
 }
 
+# A build killed outright (SIGKILL, power) leaves its tree: remove those, never one with a mount in it.
+for stale in "$out"/rootfs.tmp-*; do
+    [[ -d $stale ]] || continue
+    log "removing $stale, left by an interrupted build"
+    safe_rm "$stale" || die "cannot remove $stale (see above); unmount what is listed, then rerun"
+done
 mkdir -p "$out/cache/debs"
 rootfs=$(mktemp -d "$out/rootfs.tmp-XXXXXX")
 chmod 755 "$rootfs"  # it becomes the image's /: mktemp's 700 would lock out every user (and apt's _apt)
@@ -155,6 +165,7 @@ t_post=$((SECONDS - t0))
 log "%post (containers/recipe.sh): ${t_post} s"
 
 # 4. What Apptainer writes into every image.
+t0=$SECONDS
 sd=$rootfs/.singularity.d
 section environment >"$sd/env/90-environment.sh"
 { echo '#!/bin/sh'; section runscript; } >"$sd/runscript"
@@ -182,6 +193,8 @@ rm -f "$rootfs$labels_build" "$rootfs$labels_build.def"
 rm -rf "$rootfs"/var/lib/apt/lists/* "$rootfs"/var/cache/apt/*.bin "$rootfs"/var/log/*.log "$rootfs"/tmp/* \
     "$rootfs"/root/.cache
 
+t_meta=$((SECONDS - t0))
+
 # 5. Pack, test offline, record.
 t0=$SECONDS
 mksquashfs "$rootfs" "$image.tmp" -noappend -comp zstd -Xcompression-level 3 -quiet -no-progress >/dev/null
@@ -189,11 +202,11 @@ t_pack=$((SECONDS - t0))
 t0=$SECONDS
 "$here/image-chroot.sh" run "$image.tmp" -- /bin/sh /.singularity.d/test
 t_test=$((SECONDS - t0))
+t0=$SECONDS
 mv "$image.tmp" "$image"
 sha=$("$py" -c 'import sys; from dream_hpc.runinfo import cached_sha256; print(cached_sha256(sys.argv[1]))' "$image")
 echo "$sha  $(basename "$image")" >"$image.sha256"
 cp "$rootfs/opt/dream-hpc/meta/image.json" "$out/image.json"
-rootfs_bytes=$(du -sb "$rootfs" | cut -f1)
 if [[ ${KEEP_ROOTFS:-} == 1 ]]; then
     [[ ! -e $out/rootfs ]] || safe_rm "$out/rootfs"
     mv "$rootfs" "$out/rootfs"
@@ -201,11 +214,12 @@ else
     safe_rm "$rootfs"
 fi
 rootfs=
+t_record=$((SECONDS - t0))
 "$py" - "$out/build.json" <<EOF
 import json, sys
 json.dump({"key": "$key", "image": "$image", "sha256": "$sha", "image_bytes": $(stat -c %s "$image"),
-           "rootfs_bytes": $rootfs_bytes, "seconds": {"debootstrap": $t_debootstrap, "files": $t_files,
-           "post": $t_post, "pack": $t_pack, "test": $t_test, "total": $((SECONDS - t_start))},
+           "seconds": {"debootstrap": $t_debootstrap, "files": $t_files, "post": $t_post, "pack": $t_pack,
+                       "meta": $t_meta, "test": $t_test, "record": $t_record, "total": $((SECONDS - t_start))},
            "image_id": json.load(open("$out/image.json"))["image_id"]}, open(sys.argv[1], "w"), indent=1)
 EOF
 log "built $image: $(du -h "$image" | cut -f1), sha256 ${sha:0:16}..., image_id $(cut -c1-16 <<<"$("$py" -c 'import json,sys; print(json.load(open(sys.argv[1]))["image_id"])' "$out/image.json")")..., $((SECONDS - t_start)) s"

@@ -31,9 +31,10 @@ mode=$1
 command -v unshare >/dev/null || die "unshare not found (util-linux)"
 
 # Re-enter in new namespaces: mount (private propagation) and PID (stray processes end with the
-# command); a run also gets a network namespace of its own.
+# command; --kill-child: killing this script's unshare, e.g. a test's timeout, ends them all); a
+# run also gets a network namespace of its own.
 if [[ ${DREAM_IMAGE_CHROOT_INNER:-} != 1 ]]; then
-    ns=(--mount --propagation private --pid --fork)
+    ns=(--mount --propagation private --pid --fork --kill-child)
     [[ $mode == run ]] && ns+=(--net)
     exec unshare "${ns[@]}" env DREAM_IMAGE_CHROOT_INNER=1 "$0" "$@"
 fi

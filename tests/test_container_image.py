@@ -183,6 +183,26 @@ def test_image_is_the_lock_on_debian_12_and_offline(built: Built) -> None:
 
 
 @pytest.mark.container
+def test_a_tree_with_a_mount_left_in_it_is_never_deleted(built: Built, tmp_path: Path) -> None:
+    """A build killed outright leaves rootfs.tmp-*; the next build removes it, but not while
+    something is mounted under it (rm -rf would follow a bind mount into host files)."""
+    out = tmp_path / "out"
+    stale = out / "rootfs.tmp-killed"
+    (stale / "mnt").mkdir(parents=True)
+    precious = tmp_path / "precious"
+    precious.mkdir()
+    (precious / "keep").write_text("host data")
+    subprocess.run(["mount", "--bind", str(precious), str(stale / "mnt")], check=True)
+    try:
+        done = subprocess.run([str(CONTAINERS / "build-rootfs.sh"), str(out)], capture_output=True, text=True,
+                              timeout=300, env={**os.environ, "DREAM_PYTHON": sys.executable})
+    finally:
+        subprocess.run(["umount", str(stale / "mnt")], check=True)
+    assert done.returncode != 0 and "still mounted under it" in done.stderr, done.stdout + done.stderr
+    assert (precious / "keep").read_text() == "host data" and (stale / "mnt").is_dir()
+
+
+@pytest.mark.container
 def test_survey_inside_the_image_reproduces_the_venv(built: Built, refkit_dir: Path,
                                                      tmp_path_factory: pytest.TempPathFactory) -> None:
     d = tmp_path_factory.mktemp("image-survey")
