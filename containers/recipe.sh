@@ -15,6 +15,8 @@
 #   DREAM_IMAGE_BUILDER   apptainer | debootstrap
 #   DREAM_IMAGE_BASE      the base the builder started from
 #   DREAM_IMAGE_CONTEXT   the CRDS context the definition pins (the staged cache must hold that one)
+#   DREAM_IMAGE_LABELS    optional: where to append labels when not under Apptainer (whose
+#                         $APPTAINER_LABELS is used first); build-rootfs.sh merges them into labels.json
 #   PIP_CERT              optional: a CA bundle for the build's downloads (a TLS-inspecting proxy)
 set -eu
 

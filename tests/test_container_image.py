@@ -13,8 +13,8 @@ chroot, packs it as SquashFS and runs %test inside it. Here:
   one is the image, one the venv), and the inside run's provenance records the image: its
   sha256 (as the builder recorded it) and the identity the recipe wrote into it.
 
-The build is reused from build/container while nothing it is built from changes (its key); a
-fresh one takes ~10 min here, the two surveys ~2 min side by side (numbers in docs/cluster.md).
+The build is reused from build/container while nothing it is built from changes (its key). A fresh
+one took 5 min on a quiet 2-core machine, and the two surveys 80 s side by side (docs/cluster.md).
 """
 
 from __future__ import annotations
