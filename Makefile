@@ -19,6 +19,7 @@ help:
 	@echo "make kit        build the offline reference kit (CRDS cache + MIRAGE_DATA) in $(KIT)"
 	@echo "make bench      benchmarks (bench/)"
 	@echo "make container  build the Apptainer image (needs apptainer)"
+	@echo "make container-rootfs  build the same image without Apptainer (root: debootstrap, chroot) as SquashFS"
 
 # The venv is installed only from the hashed lock file: the same pins CI and the image use.
 $(BIN)/.installed: requirements.lock pyproject.toml
@@ -45,8 +46,9 @@ $(DEMO_CATALOG): $(BIN)/.installed $(DEMO_CONFIG)
 demo: $(KIT)/.built $(DEMO_CATALOG)
 	$(BIN)/dream-hpc survey $(DEMO_CONFIG) --out $(DEMO_RUN)
 
-# sysdeps (Slurm, munge, shellcheck, chromium) come first: the Slurm tests start a real one-node Slurm,
-# the report test opens RUN/report.html in headless Chromium.
+# sysdeps (Slurm, munge, shellcheck, iproute2, chromium, debootstrap, squashfs-tools) come first: the
+# Slurm tests start a real Slurm (one node, and several in network namespaces), the report test opens
+# RUN/report.html in headless Chromium, the container test builds the image (containers/build-rootfs.sh).
 test: sysdeps $(KIT)/.built
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
@@ -61,7 +63,7 @@ lint: venv
 lock:
 	test -x $(BIN)/pip-compile || $(BIN)/python -m pip install --quiet pip-tools
 	$(BIN)/pip-compile --generate-hashes --allow-unsafe --strip-extras --no-emit-index-url \
-		-o requirements.lock requirements.in
+		--no-emit-find-links -o requirements.lock requirements.in
 
 bench: $(KIT)/.built
 	$(BIN)/python bench/bench_engine.py

@@ -1,19 +1,20 @@
 #!/usr/bin/env bash
-# Install the system packages the Slurm tests, the shell lint and the report's browser test need:
-# slurm-wlm, munge, shellcheck, iproute2 (network namespaces for the multi-node test cluster),
-# chromium (headless, tests/drivers/test_report.py).
+# Install the system packages the tests need: slurm-wlm, munge, shellcheck, iproute2 (network
+# namespaces for the multi-node test cluster), chromium (headless, tests/drivers/test_report.py),
+# debootstrap and squashfs-tools (make container-rootfs).
 #
 # Idempotent: installs only what is missing (one `apt-get update` when something is). Skips with a
 # message (exit 0) when not root or when apt-get is absent, so `make test` on a laptop still runs;
 # the Slurm tests then skip naming the reason. Package installs never start system daemons here:
 # scripts/local-slurm.sh starts exactly the daemons a test needs, under its own directory.
 #
-# Usage: scripts/install-sysdeps.sh [PACKAGE...]   (default: slurm-wlm munge shellcheck iproute2 chromium)
+# Usage: scripts/install-sysdeps.sh [PACKAGE...]
+#   (default: slurm-wlm munge shellcheck iproute2 chromium debootstrap squashfs-tools)
 set -euo pipefail
 
 packages=("$@")
 if [[ ${#packages[@]} -eq 0 ]]; then
-    packages=(slurm-wlm munge shellcheck iproute2 chromium)
+    packages=(slurm-wlm munge shellcheck iproute2 chromium debootstrap squashfs-tools)
 fi
 
 is_installed() {

@@ -42,7 +42,8 @@ def sysdeps() -> dict[str, bool]:
     if _can_install() is None:
         done = subprocess.run([str(SCRIPTS / "install-sysdeps.sh")], capture_output=True, text=True, timeout=900)
         assert done.returncode == 0, f"install-sysdeps failed:\n{done.stdout}\n{done.stderr}"
-    return {tool: shutil.which(tool) is not None for tool in ("shellcheck", "sbatch", "slurmctld", "munged")}
+    return {tool: shutil.which(tool) is not None
+            for tool in ("shellcheck", "sbatch", "slurmctld", "munged", "debootstrap", "mksquashfs", "unshare")}
 
 
 @dataclass

@@ -29,7 +29,9 @@ MAKEFILES = [ROOT / "Makefile", ROOT / "mk" / "cluster.mk"]
 KNOWN_SECTIONS = {"setup", "files", "post", "environment", "runscript", "startscript", "test", "labels", "help",
                   "arguments"}
 # %files sources that are build products, and the make target that produces each.
-GENERATED = {"build/image-refs": "crds-cache", "build/image-meta": "container"}
+GENERATED = {"build/image-refs": "crds-cache", "build/image-meta": "image-meta"}
+# The build steps %post runs (shared with containers/build-rootfs.sh, the builder without Apptainer).
+RECIPE = ROOT / "containers" / "recipe.sh"
 LABELLED_PACKAGES = ("jwst", "stcal", "mirage", "crds", "mpich", "mpi4py")
 
 
@@ -87,6 +89,11 @@ def definition() -> Definition:
     return parse_definition(DEF.read_text())
 
 
+def build_steps(d: Definition) -> str:
+    """%post and the recipe it runs: what both builders execute."""
+    return d.body("post") + "\n" + RECIPE.read_text()
+
+
 def _make_targets() -> set[str]:
     targets = set()
     for mk in MAKEFILES:
@@ -126,7 +133,7 @@ def test_base_image_is_pinned_by_digest(definition: Definition) -> None:
 
 # --- Python environment: exactly the lock --------------------------------------------------------
 def test_installs_exactly_the_lock_with_hashes(definition: Definition) -> None:
-    post = definition.body("post")
+    post = build_steps(definition)
     files = {e[0]: e[1] for e in definition.entries("files")}
     lock_dest = files.get("requirements.lock")
     assert lock_dest, "%files must copy requirements.lock (the same file CI installs)"
@@ -157,6 +164,38 @@ def test_lock_change_is_caught(definition: Definition, tmp_path: Path) -> None:
     (tmp_path / "requirements.lock").write_text(lock_text)
     labels = {e[0]: " ".join(e[1:]) for e in definition.entries("labels")}
     assert labels["dream-hpc.jwst"] != versions.read_lock(tmp_path / "requirements.lock")["jwst"]
+
+
+# --- one recipe, two builders -----------------------------------------------------------------
+def test_post_runs_the_shared_recipe(definition: Definition) -> None:
+    """%post is containers/recipe.sh (copied in by %files), told the builder and base; by default the
+    definition's own pinned base, so an Apptainer build records what its From: line says."""
+    files = {e[0]: e[1] for e in definition.entries("files")}
+    assert files.get("containers/recipe.sh") == "/opt/dream-hpc/recipe.sh"
+    assert files.get("containers/image_identity.py") == "/opt/dream-hpc/image_identity.py"
+    post = definition.body("post")
+    assert re.search(r"^\s*sh /opt/dream-hpc/recipe\.sh\s*$", post, flags=re.M)
+    defaults = dict(re.findall(r"(DREAM_IMAGE_\w+)=\$\{\1:-([^}]*)\}", post))
+    assert defaults == {"DREAM_IMAGE_BUILDER": "apptainer", "DREAM_IMAGE_BASE": definition.header["from"]}
+    # Both bases are Debian 12 with Python 3.11: the debootstrap builder's suite is the From: tag's.
+    builder = (ROOT / "containers" / "build-rootfs.sh").read_text()
+    assert "--variant=minbase" in builder and " bookworm " in builder and "bookworm" in definition.header["from"]
+    assert "image_identity.py check" in definition.body("test"), "%test must check the recorded identity"
+    done = subprocess.run(["sh", "-n", str(RECIPE)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+
+
+def test_make_container_without_apptainer_says_how(tmp_path: Path) -> None:
+    """Where apptainer is missing, `make container` stops at once with one line naming the way out."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for tool in ("bash", "sh", "make"):
+        (bin_dir / tool).symlink_to(subprocess.check_output(["which", tool], text=True).strip())
+    done = subprocess.run(["make", "-s", "container"], cwd=ROOT, capture_output=True, text=True, timeout=60,
+                          env={"PATH": str(bin_dir)})
+    assert done.returncode != 0
+    assert "error: apptainer is not installed" in done.stdout + done.stderr
+    assert "make container-rootfs" in done.stdout + done.stderr
 
 
 # --- %files: every source exists or has a make target ---------------------------------------------
@@ -201,6 +240,7 @@ def test_context_is_pinned_once(definition: Definition) -> None:
     assert re.fullmatch(r"jwst_\d{4}\.pmap", env["CRDS_CONTEXT"])
     assert labels["dream-hpc.crds_context"] == env["CRDS_CONTEXT"]
     assert f'"{env["CRDS_CONTEXT"]}"' in definition.body("post"), "%post must refuse a cache staged for another context"
+    assert "refkit/CONTEXT" in RECIPE.read_text() and "DREAM_IMAGE_CONTEXT" in definition.body("post")
     demo = load_config(ROOT / "config" / "demo.yaml")
     assert demo.references.context == env["CRDS_CONTEXT"], "the demo config must run in the image unchanged"
 
@@ -214,7 +254,7 @@ def test_test_and_runscript(definition: Definition) -> None:
 
 def test_mpi_comes_from_the_locked_wheel(definition: Definition) -> None:
     """MPICH is the mpich wheel of the lock (hybrid model): no distribution MPI is installed on top."""
-    post = definition.body("post")
+    post = build_steps(definition)
     assert not re.search(r"apt-get install.*\b(mpich|openmpi|libmpich)", post)
     assert "mpich" in versions.read_lock(LOCK) and "mpi4py" in versions.read_lock(LOCK)
 

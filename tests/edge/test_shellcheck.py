@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-SCRIPTS = sorted([*ROOT.glob("slurm/*.sh"), *ROOT.glob("scripts/*.sh")])
+SCRIPTS = sorted([*ROOT.glob("slurm/*.sh"), *ROOT.glob("scripts/*.sh"), *ROOT.glob("containers/*.sh")])
 
 
 @pytest.fixture(scope="module")
@@ -22,7 +22,7 @@ def shellcheck(sysdeps: dict[str, bool]) -> str:
 def test_scripts_are_found() -> None:
     names = {p.name for p in SCRIPTS}
     assert {"full_survey.sh", "image3.sh", "common.sh", "install-sysdeps.sh", "local-slurm.sh",
-            "make-crds-cache.sh"} <= names
+            "make-crds-cache.sh", "recipe.sh", "build-rootfs.sh", "image-chroot.sh"} <= names
 
 
 @pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: f"{p.parent.name}/{p.name}")

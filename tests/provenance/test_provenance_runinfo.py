@@ -20,8 +20,10 @@ from dream_hpc.provenance import facts
 @pytest.fixture(autouse=True)
 def _env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("DREAM_HPC_CACHE_DIR", str(tmp_path / "digest-cache"))
-    for var in ("APPTAINER_CONTAINER", "SINGULARITY_CONTAINER", *facts.SLURM_VARS.values()):
+    for var in ("APPTAINER_CONTAINER", "SINGULARITY_CONTAINER", "DREAM_HPC_IMAGE", "DREAM_HPC_IMAGE_RUNTIME",
+                *facts.SLURM_VARS.values()):
         monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("DREAM_HPC_IMAGE_IDENTITY", str(tmp_path / "no-image.json"))
 
 
 @pytest.fixture
@@ -60,6 +62,29 @@ def test_container_digest_is_cached(cfg, tmp_path: Path, monkeypatch) -> None:
     sif.write_bytes(os.urandom(4096))  # a new image at the same path is hashed again
     with pytest.raises(AssertionError, match="hashed twice"):
         facts.collect(cfg, run)
+
+
+def test_image_run_by_chroot_records_file_digest_and_identity(cfg, tmp_path: Path, monkeypatch) -> None:
+    """containers/image-chroot.sh names the SquashFS in DREAM_HPC_IMAGE; the recipe's image.json says what it is."""
+    image = tmp_path / "dream-hpc.sqfs"
+    image.write_bytes(os.urandom(4096))
+    identity = {"image_id": "ab" * 32, "builder": "debootstrap", "base": "debian:bookworm", "lock_sha256": "cd" * 32,
+                "built": "2026-01-01T00:00:00Z", "python": "3.11.2"}
+    (tmp_path / "image.json").write_text(json.dumps(identity))
+    monkeypatch.setenv("DREAM_HPC_IMAGE_IDENTITY", str(tmp_path / "image.json"))
+    monkeypatch.setenv("DREAM_HPC_IMAGE", str(image))
+    monkeypatch.setenv("DREAM_HPC_IMAGE_RUNTIME", "chroot")
+    got = facts.collect(cfg, RunDir.create(tmp_path / "run"))["container"]
+    assert got == {"runtime": "chroot", "path": str(image), "sha256": hashlib.sha256(image.read_bytes()).hexdigest(),
+                   "image_id": "ab" * 32, "builder": "debootstrap", "base": "debian:bookworm", "lock_sha256": "cd" * 32}
+    # Apptainer's variable wins (an Apptainer run of an image whose identity says debootstrap is still Apptainer).
+    monkeypatch.setenv("APPTAINER_CONTAINER", str(image))
+    assert facts.container()["runtime"] == "apptainer"
+    # The identity alone (image file not visible inside) is still recorded.
+    for var in ("APPTAINER_CONTAINER", "DREAM_HPC_IMAGE"):
+        monkeypatch.delenv(var)
+    alone = facts.container()
+    assert alone["image_id"] == "ab" * 32 and alone["path"] == "" and alone["sha256"] == ""
 
 
 def test_slurm_and_git_commit_from_environment(cfg, tmp_path: Path, monkeypatch) -> None:

@@ -135,15 +135,40 @@ def git_commit() -> dict[str, Any]:
     return {"git_commit": commit, "git_dirty": bool(dirty), "git_source": "checkout"}
 
 
-def container() -> dict[str, Any]:
-    """The Apptainer/Singularity image this process runs in, with its sha256 (empty outside one)."""
-    path = os.environ.get("APPTAINER_CONTAINER") or os.environ.get("SINGULARITY_CONTAINER")
-    if not path:
+# Written into every image by containers/recipe.sh (Apptainer and debootstrap builders alike).
+IMAGE_IDENTITY = Path("/opt/dream-hpc/meta/image.json")
+# Its fields a run records: what the image was built from, by which builder on which base.
+IMAGE_FIELDS = ("image_id", "builder", "base", "os", "lock_sha256", "recipe_sha256", "definition_sha256",
+                "source_sha256", "refs_sha256")
+
+
+def image_identity() -> dict[str, Any]:
+    """The identity the recipe wrote into this image (empty outside an image, or if unreadable)."""
+    path = Path(os.environ.get("DREAM_HPC_IMAGE_IDENTITY") or IMAGE_IDENTITY)
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
         return {}
-    info: dict[str, Any] = {"runtime": "apptainer", "path": path, "sha256": ""}
-    if Path(path).is_file():  # a sandbox directory has no single digest
+    return {k: str(data[k]) for k in IMAGE_FIELDS if k in data} if isinstance(data, dict) else {}
+
+
+def container() -> dict[str, Any]:
+    """The image this process runs in: file path and sha256, plus the identity recorded inside it.
+
+    Apptainer names its .sif in APPTAINER_CONTAINER; containers/image-chroot.sh (the image run
+    from its SquashFS with chroot) names it in DREAM_HPC_IMAGE. Empty outside any image.
+    """
+    path = os.environ.get("APPTAINER_CONTAINER") or os.environ.get("SINGULARITY_CONTAINER")
+    runtime = "apptainer"
+    if not path and os.environ.get("DREAM_HPC_IMAGE"):
+        path, runtime = os.environ["DREAM_HPC_IMAGE"], os.environ.get("DREAM_HPC_IMAGE_RUNTIME") or "chroot"
+    identity = image_identity()
+    if not path and not identity:
+        return {}
+    info: dict[str, Any] = {"runtime": runtime if path else "unknown", "path": path or "", "sha256": ""}
+    if path and Path(path).is_file():  # a sandbox directory has no single digest
         info["sha256"] = cached_sha256(path)
-    return info
+    return info | identity
 
 
 def slurm() -> dict[str, str]:
