@@ -30,7 +30,12 @@ NOTES: dict[tuple[str, str, str], str] = {
     ("detector1", "refpix", "odd_even_columns"):
         "reference-pixel (1/f, bias drift) correction; only as good as the reference pixels the subarray includes",
     ("detector1", "persistence", "skip"):
-        "skipped by default in jwst 3.0, so no traps-filled file is needed; persistence is not simulated here",
+        "\"should I get a traps-filled file?\" No: in jwst 3.0 the step was rewritten as flagging of pixels that "
+        "saturated earlier (persistence_time, dn_threshold, persistence_array_file), skipped by default, and "
+        "input_trapsfilled is gone; Mirage simulates no persistence, so keep it skipped for these simulations",
+    ("detector1", "persistence", "persistence_time"):
+        "real data only: the window (s) after a saturation in which a pixel is flagged (survey teams use ~2500 s, "
+        "cf. snowblind's PersistenceFlagStep); needs the exposures of a detector in time order",
     ("detector1", "jump", "rejection_threshold"):
         "cosmic-ray cut (sigma) per group difference with 5+ groups: lower flags more CRs but also real signal "
         "on bright sources",

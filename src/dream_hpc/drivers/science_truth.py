@@ -1,0 +1,83 @@
+"""The science check's verdicts that need the run (truth products, tweakreg's per-group outcome), and the
+run's last line: did every science check pass? `dream-hpc survey --strict` exits non-zero when not."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from dream_hpc.config import SurveyConfig
+from dream_hpc.core.rundir import RunDir
+from dream_hpc.core.runstate import RunView
+from dream_hpc.core.workunit import WorkUnit
+
+
+def alignment_check(cfg: SurveyConfig, run: RunDir, view: RunView, filt: str, tweak: dict[str, Any],
+                    check: dict[str, Any]) -> dict[str, Any]:
+    """Per exposure and filter, the WCS error against the true pointing before/after alignment; sets
+    check["passed"]["alignment"] (an exposure left off by more than the tolerance fails it)."""
+    from dream_hpc.stages import astrometry_truth
+
+    units = [WorkUnit.from_dict(p) for p in view.planned.values() if str(p.get("filter", "")).upper() == filt]
+    done = [u for u in units if view.units.get(u.unit_id) and view.units[u.unit_id].status == "done"]
+    truth = astrometry_truth.check_exposures(run, done, tweak.get("alignment"))
+    truth["mosaic_offset"] = astrometry_truth.mosaic_offset_mas(check)
+    truth["tweakreg_status"] = (tweak.get("alignment") or {}).get("status", "unknown")
+    check.setdefault("passed", {})["alignment"] = bool(truth["passed"])
+    return {"alignment_truth": truth}
+
+
+def tweakreg_word(tweak: dict[str, Any]) -> str:
+    from dream_hpc.stages.alignment_status import one_line
+
+    alignment = tweak.get("alignment")
+    if alignment:
+        return one_line(alignment)
+    return "fitted" if tweak.get("fitted") else "DID NOT FIT"
+
+
+def alignment_lines(science: dict[str, Any]) -> list[str]:
+    t = science.get("alignment_truth")
+    if not t:
+        return []
+
+    def fmt(v: dict[str, Any] | None) -> str:
+        return "n/a" if not v else f"{v['rms_mas']:.1f} mas rms (mean E {v['de_mas']:+.1f}, N {v['dn_mas']:+.1f})"
+
+    ok = "ok" if t["passed"] else "OFF"
+    line = (f"      astrometry vs truth ({t['channel']}, {len(t['exposures'])} exposures): before alignment "
+            f"{fmt(t['before'])}; after {fmt(t['after'])}; worst {t['worst_after_mas'] or float('nan'):.1f} mas "
+            f"<= {t['tolerance_mas']:.0f} [{ok}]")
+    lines = [line]
+    if t["failed_exposures"]:
+        lines.append(f"      exposures off by more than {t['tolerance_mas']:.0f} mas after alignment: "
+                     f"{', '.join(t['failed_exposures'][:6])}")
+    return lines
+
+
+def failures(summary: dict[str, Any]) -> dict[str, str]:
+    """Filter -> what failed (empty when every science check passed)."""
+    out = {}
+    for filt, m in (summary.get("mosaics") or {}).items():
+        if "error" in m:
+            out[filt] = "mosaic not made"
+        elif not m.get("science"):
+            out[filt] = "not checked"
+        else:
+            bad = [k for k, v in m["science"].get("passed", {}).items() if not v]
+            if bad:
+                out[filt] = ", ".join(bad)
+    return out
+
+
+def all_passed(summary: dict[str, Any]) -> bool:
+    return bool(summary.get("mosaics")) and not failures(summary)
+
+
+def verdict_line(summary: dict[str, Any]) -> str:
+    mosaics = summary.get("mosaics") or {}
+    if not mosaics:
+        return "science checks: none made (no mosaic)"
+    bad = failures(summary)
+    if not bad:
+        return f"science checks: all passed ({', '.join(sorted(mosaics))})"
+    return "science checks: FAILED: " + "; ".join(f"{f} ({why})" for f, why in sorted(bad.items()))
