@@ -23,7 +23,9 @@ def alignment_check(cfg: SurveyConfig, run: RunDir, view: RunView, filt: str, tw
     truth["mosaic_offset"] = astrometry_truth.mosaic_offset_mas(check)
     truth["tweakreg_status"] = (tweak.get("alignment") or {}).get("status", "unknown")
     check.setdefault("passed", {})["alignment"] = bool(truth["passed"])
-    return {"alignment_truth": truth}
+    from dream_hpc.stages.truth_products import write_matched_catalog
+
+    return {"alignment_truth": truth, "matched_catalog": run.rel(write_matched_catalog(run, filt, check))}
 
 
 def tweakreg_word(tweak: dict[str, Any]) -> str:

@@ -248,7 +248,9 @@ def check_filter(cfg: Any, filter_: str, i2d: Path, cat: Path) -> dict[str, Any]
     result["passed"] = passed(result)
     # per-source arrays for the figure (not written to summary.json)
     result["_points"] = {"mag_in": mags_all[idx], "snr": snr, "sample": sample, "matched": matched,
-                         "is_star": is_star, "resid_total": resid_total, "dx": dx, "dy": dy}
+                         "is_star": is_star, "resid_total": resid_total, "dx": dx, "dy": dy,
+                         "row": np.asarray(sky.row)[idx], "ra": ra_all[idx], "dec": dec_all[idx],
+                         "mag_total": mag_total, "mag_iso": mag_iso, "size_px": size_px}
     return result
 
 

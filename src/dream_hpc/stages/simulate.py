@@ -27,7 +27,7 @@ import yaml
 
 from dream_hpc.core.digests import file_sha256
 from dream_hpc.core.rundir import atomic_path, atomic_write_text
-from dream_hpc.core.workunit import WorkUnit
+from dream_hpc.core.workunit import WorkUnit, derive_seed
 from dream_hpc.stages import pointing_error, truth_products
 from dream_hpc.stages.contract import StageContext, StageResult, product_path
 from dream_hpc.stages.mirage_inputs import (
@@ -205,8 +205,10 @@ def simulate_unit(unit: WorkUnit, ctx: StageContext) -> StageResult:
 
     refs = mirage_references(unit)
     mirage_data = cfg.resolve(cfg.references.mirage_data)
+    # one of the kit's dark realizations, chosen by the unit's seed (not the rank or the order)
+    dark_choice = derive_seed(cfg.survey.seed, unit.unit_id, "dark_realization")
     kit = {k: Path(v) for k, v in refkit.mirage_paths(mirage_data, unit.detector, unit.filter, unit.readpatt,
-                                                       unit.ngroups).items()}
+                                                       unit.ngroups, dark_choice).items()}
 
     final = product_path(run, unit, STAGE)
     tmp_out = Path(tempfile.mkdtemp(prefix=f".tmp-{unit.unit_id}-mirage.", dir=run.exposures))

@@ -59,3 +59,24 @@ def write_exposure_truth(run: Any, unit: WorkUnit, error: pointing_error.Pointin
 def read_pointing(run: Any, unit_id: str) -> dict[str, Any] | None:
     path = run.root / "truth" / f"{unit_id}_pointing.json"
     return json.loads(path.read_text()) if path.is_file() else None
+
+
+def write_matched_catalog(run: Any, filt: str, check: dict[str, Any]) -> Path:
+    """RUN/truth/<filter>_matched.ecsv: every input source on the mosaic, matched (or not) to the mosaic
+    catalog: true position and magnitude, kind, predicted S/N, whether it is in the judged sample, the
+    output total and isophotal magnitudes and the position offset (mosaic pixels)."""
+    from astropy.table import Table
+
+    p = check["_points"]
+    table = Table({"row": np.asarray(p["row"], int), "ra": p["ra"], "dec": p["dec"],
+                   "kind": np.where(p["is_star"], "star", "galaxy"), "mag_in": p["mag_in"],
+                   "half_light_px": p["size_px"], "snr_predicted": p["snr"], "judged": p["sample"],
+                   "matched": p["matched"], "aper_total_abmag": p["mag_total"], "isophotal_abmag": p["mag_iso"],
+                   "dx_px": p["dx"], "dy_px": p["dy"]})
+    table["ra"].format = table["dec"].format = ".9f"
+    table.meta["comments"] = [f"dream-hpc: {filt} input (truth) sources on the mosaic matched to its catalog "
+                              f"within {check.get('match_radius_arcsec')} arcsec; offsets = output - truth"]
+    path = truth_dir(run) / f"{filt.lower()}_matched.ecsv"
+    with atomic_path(path) as tmp, open(tmp, "w") as f:
+        table.write(f, format="ascii.ecsv")
+    return path
