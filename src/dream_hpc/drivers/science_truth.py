@@ -83,3 +83,23 @@ def verdict_line(summary: dict[str, Any]) -> str:
     if not bad:
         return f"science checks: all passed ({', '.join(sorted(mosaics))})"
     return "science checks: FAILED: " + "; ".join(f"{f} ({why})" for f, why in sorted(bad.items()))
+
+
+def striping(view: RunView, filt: str) -> dict[str, Any] | None:
+    """The rate images' striping (stages/striping.py, recorded by Detector1) over a filter's units."""
+    import numpy as np
+
+    amps, excess = [], []
+    for uid, plan in view.planned.items():
+        u = view.units.get(uid)
+        if str(plan.get("filter", "")).upper() != filt or not u or "detector1" not in u.stages:
+            continue
+        st = ((u.stages["detector1"].get("extra") or {}).get("striping")) or {}
+        if st.get("row_median_scatter") is not None:
+            amps.append(float(st["row_median_scatter"]))
+            excess.append(float(st["excess"]))
+    if not amps:
+        return None
+    return {"n": len(amps), "median_row_scatter_dn_s": float(np.median(amps)),
+            "median_excess_over_white": float(np.median(excess)),
+            "method": "source-masked row-median scatter of each _rate (DN/s) and its ratio to white noise alone"}

@@ -50,6 +50,7 @@ def science_checks(cfg: SurveyConfig, run: RunDir, view: RunView, filters: set[s
         except Exception as e:  # the mosaic stands; say why it could not be checked
             entry["science_error"] = f"{type(e).__name__}: {e}"
         entry["science_wall_s"] = time.monotonic() - t0
+        entry["striping"] = science_truth.striping(view, filt)
         entries[filt] = entry
     return entries
 
@@ -146,6 +147,10 @@ def mosaic_lines(mosaics: dict[str, Any]) -> list[str]:
                      f"mag residual {_signed(mag['median'])} ({mag['population']}, n={mag['n']}) "
                      f"[{'ok' if passed['photometry'] else 'OFF'}]")
         lines += science_truth.alignment_lines(sc)
+        if m.get("striping"):
+            st = m["striping"]
+            lines.append(f"      striping (rate images, row-median scatter): {st['median_row_scatter_dn_s']:.3f} DN/s, "
+                         f"{st['median_excess_over_white']:.1f}x white noise")
     return lines
 
 

@@ -51,7 +51,8 @@ NOTES: dict[tuple[str, str, str], str] = {
         "the 1/f (horizontal striping) correction, off by default; set skip: false for deep imaging where "
         "striping shows in the mosaic",
     ("detector1", "clean_flicker_noise", "fit_method"):
-        "median: row medians of the background (image1overf-like); fft: NSClean-style fit in frequency space",
+        "median: row medians of the source-masked background (image1overf-like), the one that works for NIRCam "
+        "imaging; fft (NSClean, Rauscher 2024) is NIRSpec-only in jwst 3.0: on NRC_IMAGE it warns and does nothing",
     ("detector1", "ramp_fit", "algorithm"):
         "OLS_C: optimally weighted least squares (default); LIKELY: likelihood fit, slower, for many groups",
     ("detector1", "ramp_fit", "maximum_cores"):
