@@ -70,3 +70,20 @@ def test_clean_flicker_noise_reduces_striping(tmp_path, kit) -> None:
     assert off["excess"] > 1.8, off  # the kit's 1/f noise stripes the rate image
     assert factor > 1.4, (off, on)
     assert on["pixel_sigma"] < 1.05 * off["pixel_sigma"]  # and adds no pixel noise
+
+
+def test_kit_holds_several_darks_chosen_per_unit(kit) -> None:
+    from astropy.io import fits
+
+    from dream_hpc.refkit import mirage_data, nircam
+
+    root = kit / "mirage_data"
+    det = nircam.detector("NRCB1")
+    n = mirage_data.dark_realizations(root, det)
+    assert n >= 3, f"{kit}: {n} dark realization(s) for NRCB1; rebuild the kit (`make kit`)"
+    chosen = {mirage_data.mirage_paths(root, "NRCB1", "F150W", "BRIGHT2", 4, choice)["linearized_darkfile"]
+              for choice in range(n)}
+    assert len(chosen) == n  # each realization reachable, one file per directory (dark_prep's rule)
+    for path in chosen:
+        assert len(list(path.parent.glob("*.fits"))) == 1
+        assert fits.getheader(path)["NOISE1F"].startswith("NGHXRG")

@@ -50,6 +50,18 @@ def alignment_lines(science: dict[str, Any]) -> list[str]:
             f"{fmt(t['before'])}; after {fmt(t['after'])}; worst {t['worst_after_mas'] or float('nan'):.1f} mas "
             f"<= {t['tolerance_mas']:.0f} [{ok}]")
     lines = [line]
+    g = science.get("galaxies")
+    if g:
+        c, ph = g["completeness_curve"], g["aper_total_residual"]
+
+        def mag(v: float | None) -> str:
+            return "not reached" if v is None else f"{v:.2f}"
+
+        comp = "n/a" if g["completeness_snr_gt_min"] is None else f"{g['completeness_snr_gt_min']:.0%}"
+        resid = ph["median_after_bias_model"]
+        lines.append(f"      galaxies: {g['n_judged']} judged (S/N>20, isolated), completeness {comp}; 90%/50% "
+                     f"complete at AB {mag(c['mag90'])}/{mag(c['mag50'])}; aper_total - input after the bias model "
+                     f"{'n/a' if resid is None else f'{resid:+.3f}'} (n={ph['n']}) [{g['verdict']}]")
     if t["failed_exposures"]:
         lines.append(f"      exposures off by more than {t['tolerance_mas']:.0f} mas after alignment: "
                      f"{', '.join(t['failed_exposures'][:6])}")

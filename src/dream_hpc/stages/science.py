@@ -251,6 +251,14 @@ def check_filter(cfg: Any, filter_: str, i2d: Path, cat: Path) -> dict[str, Any]
                          "is_star": is_star, "resid_total": resid_total, "dx": dx, "dy": dy,
                          "row": np.asarray(sky.row)[idx], "ra": ra_all[idx], "dec": dec_all[idx],
                          "mag_total": mag_total, "mag_iso": mag_iso, "size_px": size_px}
+    # galaxies on their own (stages/galaxy_check.py); their verdicts count once enough are judged
+    from dream_hpc.stages.galaxy_check import galaxy_report
+
+    result["galaxies"] = galaxy_report(result["_points"], iso, radius_px, psf_half, SNR_MIN, MIN_COMPLETENESS,
+                                       MAX_MAG_RESIDUAL)
+    for key, ok in result["galaxies"]["passed"].items():
+        if ok is not None:
+            result["passed"][f"galaxy_{key}"] = ok
     return result
 
 
