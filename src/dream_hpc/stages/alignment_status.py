@@ -25,7 +25,6 @@ _NOT_ENOUGH = re.compile(r"Not enough matches \((\d+)\) found for image catalog 
 _FAILED = re.compile(r"Failed to align catalog " + _GROUP)
 _EMPTY = re.compile(r"Group with ID '([^']+)' will not be aligned: (.*)")
 _ABSOLUTE = re.compile(r"Aligning to absolute reference catalog")
-_SKIPPED = re.compile(r"Nothing to do|At least two exposures", re.IGNORECASE)
 
 
 def _new(group: str) -> dict[str, Any]:
