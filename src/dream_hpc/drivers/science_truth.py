@@ -25,7 +25,27 @@ def alignment_check(cfg: SurveyConfig, run: RunDir, view: RunView, filt: str, tw
     check.setdefault("passed", {})["alignment"] = bool(truth["passed"])
     from dream_hpc.stages.truth_products import write_matched_catalog
 
-    return {"alignment_truth": truth, "matched_catalog": run.rel(write_matched_catalog(run, filt, check))}
+    out = {"alignment_truth": truth, "matched_catalog": run.rel(write_matched_catalog(run, filt, check))}
+    out["sky"] = sky_matching(run, done, check)
+    return out
+
+
+MAX_SKY_PAIR_SIGMA = 5.0  # exposures' levels after skymatch may differ by this many errors of their medians
+
+
+def sky_matching(run: RunDir, units: list[WorkUnit], check: dict[str, Any]) -> dict[str, Any] | None:
+    """Background levels between exposures after skymatch (stages/sky_check.py); sets passed["sky_matching"]."""
+    from dream_hpc.stages import astrometry_truth, sky_check
+
+    crfs = [p for p in (astrometry_truth.crf_path(run, u) for u in units) if p.is_file()]
+    i2d = check.get("_i2d")
+    if len(crfs) < 2 or not i2d:
+        return None
+    sky = sky_check.check(crfs, i2d)
+    worst = sky["max_abs_pair_difference_sigma"]
+    sky["tolerance_sigma"] = MAX_SKY_PAIR_SIGMA
+    check.setdefault("passed", {})["sky_matching"] = bool(worst is not None and worst <= MAX_SKY_PAIR_SIGMA)
+    return sky
 
 
 def tweakreg_word(tweak: dict[str, Any]) -> str:
@@ -50,6 +70,12 @@ def alignment_lines(science: dict[str, Any]) -> list[str]:
             f"{fmt(t['before'])}; after {fmt(t['after'])}; worst {t['worst_after_mas'] or float('nan'):.1f} mas "
             f"<= {t['tolerance_mas']:.0f} [{ok}]")
     lines = [line]
+    sky = science.get("sky")
+    if sky and sky.get("max_abs_pair_difference_sigma") is not None:
+        ok_sky = "ok" if sky["max_abs_pair_difference_sigma"] <= sky["tolerance_sigma"] else "OFF"
+        lines.append(f"      sky matching: exposure levels after skymatch differ by <= "
+                     f"{sky['max_abs_pair_difference_sigma']:.1f} sigma ({sky['n_pairs']} pairs) [{ok_sky}]; mosaic "
+                     f"background median {sky['mosaic_background_in_pixel_sigma']:+.2f} pixel sigma")
     g = science.get("galaxies")
     if g:
         c, ph = g["completeness_curve"], g["aper_total_residual"]

@@ -61,6 +61,9 @@ NOTES: dict[tuple[str, str, str], str] = {
         "acts only when the association lists background exposures; imaging surveys match sky in Image3 skymatch",
     ("image2", "resample", "skip"):
         "writes a per-exposure i2d preview; the survey mosaic comes from Image3, so skipping saves time",
+    ("image3", "skymatch", "skystat"):
+        "default mode (histogram bins of 0.1 sigma) can put false steps of ~0.25 MJy/sr between exposures of one sky "
+        "(measured on the demo); median is robust here",
     ("image3", "tweakreg", "minobj"):
         "minimum matched sources for relative alignment; the default 15 is too many for small subarrays: "
         "tweakreg then only warns and leaves the WCS unaligned",

@@ -246,6 +246,7 @@ def check_filter(cfg: Any, filter_: str, i2d: Path, cat: Path) -> dict[str, Any]
         },
     }
     result["passed"] = passed(result)
+    result["_i2d"] = Path(i2d)  # for the checks that read the products again (not in summary.json)
     # per-source arrays for the figure (not written to summary.json)
     result["_points"] = {"mag_in": mags_all[idx], "snr": snr, "sample": sample, "matched": matched,
                          "is_star": is_star, "resid_total": resid_total, "dx": dx, "dy": dy,
