@@ -4,7 +4,8 @@ Image3's skymatch (default `match`, `subtract=False`) records a level per exposu
 removes when drizzling. Per exposure (its `_crf`, as drizzled): the source-masked median of the data
 minus that level is what it brings to the mosaic; two overlapping exposures should agree within the
 error of those medians. Reported in units of that error (sigma_pix * 1.2533 / sqrt(n) per median,
-in quadrature for a difference); and the mosaic's source-masked background median in units of its
+or, where 1/f stripes correlate rows, the row medians' scatter / sqrt(rows); in quadrature for a
+difference); and the mosaic's source-masked background median in units of its
 pixel noise (what a user subtracting nothing would be left with).
 """
 
@@ -29,7 +30,12 @@ def _masked_level(data: np.ndarray, usable: np.ndarray) -> tuple[float, float, i
         return float("nan"), float("nan"), int(values.size)
     med = float(np.median(values))
     sigma = float(1.4826 * np.median(np.abs(values - med)))
-    return med, sigma * 1.2533 / math.sqrt(values.size), int(values.size)
+    white = sigma * 1.2533 / math.sqrt(values.size)
+    # 1/f stripes correlate whole rows: the error of the median is then the rows' scatter / sqrt(rows)
+    rows = [np.median(data[y][~mask[y]]) for y in range(data.shape[0]) if (~mask[y]).sum() >= 0.5 * data.shape[1]]
+    striped = float(1.4826 * np.median(np.abs(np.asarray(rows) - np.median(rows))) / math.sqrt(len(rows))) \
+        if len(rows) > 10 else 0.0
+    return med, max(white, striped), int(values.size)
 
 
 def exposure_levels(crf_paths: Sequence[Path]) -> list[dict[str, Any]]:
