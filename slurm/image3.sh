@@ -35,7 +35,10 @@ dream_launcher
 dream_log "image3 on $(hostname -s): config $DREAM_CONFIG, run $DREAM_RUN, image ${DREAM_IMAGE:-none}"
 
 rc=0
-"${DREAM_LAUNCH[@]}" mosaic "$DREAM_CONFIG" --out "$DREAM_RUN" --quiet || rc=$?
+# DREAM_STRICT=1: a failed science check (summary.json science_passed false) fails the job (exit 4)
+strict=()
+[[ ${DREAM_STRICT:-0} == 1 ]] && strict=(--strict)
+"${DREAM_LAUNCH[@]}" mosaic "$DREAM_CONFIG" --out "$DREAM_RUN" --quiet "${strict[@]}" || rc=$?
 dream_log "mosaic exit code $rc"
 # The record and its audit are made even when a filter failed: they say what is missing.
 "${DREAM_LAUNCH[@]}" provenance "$DREAM_RUN" || rc=$((rc ? rc : $?))

@@ -151,8 +151,40 @@ class InstrumentSection:
 
 
 @dataclass
+class PointingErrorSection:
+    """Where each visit really points: nominal + a seeded error (headers keep the nominal pointing).
+
+    JWST's absolute pointing after guide-star acquisition is limited by the guide star's catalogue
+    position (GSC tied to Gaia): of order tens of mas per axis, within the 0.1" (1 sigma) requirement
+    (Rigby et al. 2023, PASP 135, 048001, sec. on pointing); a small-angle maneuver between dithers of one
+    visit (same guide star) is good to a few mas. tweakreg exists to remove exactly this.
+    """
+
+    enabled: bool = True
+    visit_sigma_mas: float = 25.0  # per axis, per visit (guide-star acquisition)
+    dither_sigma_mas: float = 3.0  # per axis, per exposure within a visit (small-angle maneuvers)
+    roll_sigma_arcsec: float = 1.0  # telescope roll error per visit
+    # > 0: every visit's error is exactly this long, in a random direction (stress tests: a known size)
+    fixed_visit_mas: float = 0.0
+
+
+@dataclass
+class ReferenceCatalogSection:
+    """The local absolute-astrometry catalog tweakreg aligns to (`abs_refcat`), made from the truth."""
+
+    kind: str = "gaia"  # gaia: stars only, Gaia-DR3-like; hst: stars + compact galaxies, HST/ACS-like
+    mag_limit: float = 21.0  # gaia: G ~ 21 (~ the catalogue's limit); hst: e.g. 26 (COSMOS ACS F814W)
+    # per-source position error (mas, per axis) at the bright end and at mag_limit (grows exponentially):
+    # Gaia DR3 ~0.02-0.5 mas at G 15-20 plus ~2 mas proper-motion drift to a 2024 epoch; ACS/COSMOS ~10 mas
+    error_bright_mas: float = 1.0
+    error_faint_mas: float = 3.0
+
+
+@dataclass
 class SimulationSection:
     background_rate: float = 0.2  # ADU/s/pixel, handed to Mirage as `bkgdrate` (a number: no archive)
+    pointing_error: PointingErrorSection = field(default_factory=PointingErrorSection)
+    reference_catalog: ReferenceCatalogSection = field(default_factory=ReferenceCatalogSection)
     cosmic_rays: bool = True
     cosmic_ray_library: str = "SUNMIN"
     cosmic_ray_scale: float = 1.0
@@ -396,6 +428,15 @@ def validate(cfg: SurveyConfig) -> None:
                 raise ConfigError(f"pipeline.{name}.{step}: expected a mapping of step parameters")
     if cfg.engine.timeout_factor <= 1:
         raise ConfigError("engine.timeout_factor: must be > 1")
+    pe = cfg.simulation.pointing_error
+    for key in ("visit_sigma_mas", "dither_sigma_mas", "roll_sigma_arcsec", "fixed_visit_mas"):
+        if getattr(pe, key) < 0:
+            raise ConfigError(f"simulation.pointing_error.{key}: {getattr(pe, key)} cannot be negative")
+    rc = cfg.simulation.reference_catalog
+    if rc.kind not in ("gaia", "hst"):
+        raise ConfigError(f"simulation.reference_catalog.kind: {rc.kind!r} (choose gaia or hst)")
+    if rc.error_bright_mas < 0 or rc.error_faint_mas < rc.error_bright_mas:
+        raise ConfigError("simulation.reference_catalog.error_faint_mas: must be >= error_bright_mas >= 0")
 
 
 def parse_config(text: str, source: Path | None = None) -> SurveyConfig:

@@ -217,7 +217,7 @@ def test_bad_pointing_settings_are_one_line_errors(tmp_path: Path) -> None:
     from dream_hpc.config import ConfigError
 
     text = DEMO.read_text()
-    for bad, key in ((("overlap: 0.1", "overlap: 0.95"), "pointings.overlap"),
+    for bad, key in ((("overlap: 0.3", "overlap: 0.95"), "pointings.overlap"),
                      (("step_arcsec: [0.0, 0.0]", "step_arcsec: [-1.0, 0.0]"), "pointings.step_arcsec")):
         with pytest.raises(ConfigError) as err:
             parse_config(text.replace(*bad), tmp_path / "x.yaml")

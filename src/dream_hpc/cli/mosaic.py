@@ -10,7 +10,7 @@ def _cmd_mosaic(args: argparse.Namespace) -> int:
     from dream_hpc.config import load_config
     from dream_hpc.drivers.mosaic import make_mosaics
 
-    return make_mosaics(load_config(args.config), args.out, args.filter, args.quiet)
+    return make_mosaics(load_config(args.config), args.out, args.filter, args.quiet, args.strict)
 
 
 def add_commands(sub: Any) -> None:
@@ -22,4 +22,5 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--out", required=True, help="run directory holding exposures/*_cal.fits")
     p.add_argument("--filter", help="only this filter (e.g. F150W)")
     p.add_argument("--quiet", action="store_true", help="no progress display")
+    p.add_argument("--strict", action="store_true", help="exit 4 when a science check failed")
     p.set_defaults(func=_cmd_mosaic)

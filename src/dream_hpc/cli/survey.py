@@ -10,7 +10,7 @@ def _cmd_survey(args: argparse.Namespace) -> int:
     from dream_hpc.config import load_config
     from dream_hpc.drivers.survey import run_survey
 
-    code, _ = run_survey(load_config(args.config), args.out, quiet=args.quiet)
+    code, _ = run_survey(load_config(args.config), args.out, quiet=args.quiet, strict=args.strict)
     return code
 
 
@@ -22,4 +22,6 @@ def add_commands(sub: Any) -> None:
     p.add_argument("config", help="survey config (YAML), e.g. config/demo.yaml")
     p.add_argument("--out", required=True, help="run directory (created; rerun with the same config to resume)")
     p.add_argument("--quiet", action="store_true", help="no progress display or printed summary")
+    p.add_argument("--strict", action="store_true",
+                   help="exit 4 when a science check failed (completeness, astrometry vs truth, photometry)")
     p.set_defaults(func=_cmd_survey)

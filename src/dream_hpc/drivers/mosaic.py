@@ -16,10 +16,12 @@ from dream_hpc.core.errors import UserError
 from dream_hpc.core.rundir import RunDir
 
 
-def make_mosaics(cfg: SurveyConfig, out: str | Path, filter_: str | None = None, quiet: bool = False) -> int:
-    """Image3 per filter (or only `filter_`) over the units of run `out` that verify; exit code."""
+def make_mosaics(cfg: SurveyConfig, out: str | Path, filter_: str | None = None, quiet: bool = False,
+                 strict: bool = False) -> int:
+    """Image3 per filter (or only `filter_`) over the units of run `out` that verify; exit code
+    (with `strict`, 4 when a science check failed)."""
     from dream_hpc.core.runstate import read_run
-    from dream_hpc.drivers import report, summary
+    from dream_hpc.drivers import report, science_truth, summary
     from dream_hpc.engine.execute import execute
     from dream_hpc.stages.preflight import go_offline
 
@@ -45,8 +47,13 @@ def make_mosaics(cfg: SurveyConfig, out: str | Path, filter_: str | None = None,
     if not quiet:
         shown = {f: m for f, m in s["mosaics"].items() if not filters or f in filters}
         print("\n".join(summary.mosaic_lines(shown)))
+        print(science_truth.verdict_line({"mosaics": shown}))
         if page:
             print(f"  report: {page}")
     failed = any("error" in m for f, m in s["mosaics"].items() if not filters or f in filters)
     code = result.exit_code
-    return code if code not in (0, 1) else int(code == 1 or failed)
+    code = code if code not in (0, 1) else int(code == 1 or failed)
+    shown_all = {f: m for f, m in s["mosaics"].items() if not filters or f in filters}
+    if strict and code == 0 and not science_truth.all_passed({"mosaics": shown_all}):
+        code = summary.EXIT_SCIENCE_FAILED
+    return code

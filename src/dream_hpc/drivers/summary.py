@@ -17,6 +17,11 @@ from dream_hpc.config import SurveyConfig
 from dream_hpc.core.rundir import RunDir, atomic_write_text
 from dream_hpc.core.runstate import RunView, fmt_duration, read_run
 from dream_hpc.core.workunit import STAGES
+from dream_hpc.drivers import science_truth
+
+# `survey --strict` / `mosaic --strict` exit code when a science check failed (3 is the engine's
+# "stopped on request, resumable", which Slurm scripts requeue on).
+EXIT_SCIENCE_FAILED = 4
 
 
 def science_checks(cfg: SurveyConfig, run: RunDir, view: RunView, filters: set[str] | None = None) -> dict[str, Any]:
@@ -35,12 +40,13 @@ def science_checks(cfg: SurveyConfig, run: RunDir, view: RunView, filters: set[s
             continue
         extra = m.data.get("extra", {})
         entry: dict[str, Any] = {k: extra.get(k) for k in ("product", "n_inputs", "i2d", "segm", "cat", "preview",
-                                                            "tweakreg", "n_refcat_stars")}
+                                                            "tweakreg", "n_refcat_stars", "refcat")}
         entry.update(wall_s=m.data.get("wall_s"), cpu_s=m.data.get("cpu_s"), peak_rss_mb=m.data.get("peak_rss_mb"),
                      step_times=m.data.get("step_times", {}), log=log)
         t0 = time.monotonic()
         try:
             check = science.check_filter(cfg, filt, run.root / extra["i2d"], run.root / extra["cat"])
+            check.update(science_truth.alignment_check(cfg, run, view, filt, extra.get("tweakreg") or {}, check))
             figure = run.figures / f"science_{filt.lower()}.png"
             science.figure([check], figure)
             entry["science"] = science.public(check)
@@ -48,6 +54,7 @@ def science_checks(cfg: SurveyConfig, run: RunDir, view: RunView, filters: set[s
         except Exception as e:  # the mosaic stands; say why it could not be checked
             entry["science_error"] = f"{type(e).__name__}: {e}"
         entry["science_wall_s"] = time.monotonic() - t0
+        entry["striping"] = science_truth.striping(view, filt)
         entries[filt] = entry
     return entries
 
@@ -110,6 +117,7 @@ def finish(cfg: SurveyConfig, run: RunDir, wall_s: float, filters: set[str] | No
             mosaics = {**json.loads(run.summary.read_text()).get("mosaics", {}), **mosaics}
     summary = build_summary(cfg, run, view, mosaics, wall_s)
     summary["provenance"] = run.rel(consolidate(run))
+    summary["science_passed"] = science_truth.all_passed(summary)
     write_summary(run, summary)
     return summary
 
@@ -129,9 +137,8 @@ def mosaic_lines(mosaics: dict[str, Any]) -> list[str]:
         if "error" in m:
             lines.append(f"  {filt}: mosaic NOT MADE: {m['error'][:300]}")
             continue
-        fitted = (m.get("tweakreg") or {}).get("fitted")
         lines.append(f"  {filt}: {m['i2d']} ({m['n_inputs']} exposures, {m.get('wall_s') or 0:.0f} s), "
-                     f"tweakreg {'fitted' if fitted else 'DID NOT FIT'}, preview {m['preview']}")
+                     f"tweakreg {science_truth.tweakreg_word(m.get('tweakreg') or {})}, preview {m['preview']}")
         sc = m.get("science")
         if not sc:
             lines.append(f"      science check not made: {m.get('science_error', '-')}")
@@ -143,6 +150,11 @@ def mosaic_lines(mosaics: dict[str, Any]) -> list[str]:
                      f"dy {_signed(off['median_dy'])} px [{'ok' if passed['astrometry'] else 'OFF'}]; "
                      f"mag residual {_signed(mag['median'])} ({mag['population']}, n={mag['n']}) "
                      f"[{'ok' if passed['photometry'] else 'OFF'}]")
+        lines += science_truth.alignment_lines(sc)
+        if m.get("striping"):
+            st = m["striping"]
+            lines.append(f"      striping (rate images, row-median scatter): {st['median_row_scatter_dn_s']:.3f} DN/s, "
+                         f"{st['median_excess_over_white']:.1f}x white noise")
     return lines
 
 
@@ -158,4 +170,5 @@ def format_summary(s: dict[str, Any]) -> str:
     lines += mosaic_lines(s["mosaics"])
     lines.append(f"  summary: {Path(s['run']) / 'summary.json'}; provenance: {s.get('provenance', '-')}; "
                  f"figures: {', '.join(s.get('figures', []))}")
+    lines.append(science_truth.verdict_line(s))
     return "\n".join(lines)

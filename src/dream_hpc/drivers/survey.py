@@ -15,8 +15,11 @@ from typing import Any
 from dream_hpc.config import SurveyConfig
 
 
-def run_survey(cfg: SurveyConfig, out: str | Path, quiet: bool = False) -> tuple[int, dict[str, Any] | None]:
-    """`dream-hpc run` in this process (no launcher) + the summary; (exit code, summary or None if stopped)."""
+def run_survey(cfg: SurveyConfig, out: str | Path, quiet: bool = False,
+               strict: bool = False) -> tuple[int, dict[str, Any] | None]:
+    """`dream-hpc run` in this process (no launcher) + the summary; (exit code, summary or None if stopped).
+
+    strict: a failed science check (summary["science_passed"] false) is a failed run (exit EXIT_SCIENCE_FAILED = 4; 3 means stopped on request)."""
     from dream_hpc.drivers import report, summary
     from dream_hpc.engine.execute import execute
     from dream_hpc.stages.preflight import go_offline
@@ -38,4 +41,7 @@ def run_survey(cfg: SurveyConfig, out: str | Path, quiet: bool = False) -> tuple
         print(summary.format_summary(s))
         if page:
             print(f"  report: {page}")
-    return (result.exit_code or (0 if summary.ok(s) else 1)), s
+    code = result.exit_code or (0 if summary.ok(s) else 1)
+    if strict and code == 0 and not s.get("science_passed"):
+        code = summary.EXIT_SCIENCE_FAILED
+    return code, s

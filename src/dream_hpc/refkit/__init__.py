@@ -43,11 +43,11 @@ def build(out: str | Path, **kwargs: Any) -> Path:
 
 
 def mirage_paths(mirage_data: Path, detector: str, filter: str, readpatt: str,  # noqa: A002
-                 ngroups: int | None = None) -> dict[str, Path]:
+                 ngroups: int | None = None, dark_choice: int = 0) -> dict[str, Path]:
     """Mirage yaml key -> kit file/directory for one exposure (see mirage_data.mirage_paths)."""
     from dream_hpc.refkit.mirage_data import mirage_paths as _paths
 
-    return _paths(mirage_data, detector, filter, readpatt, ngroups)
+    return _paths(mirage_data, detector, filter, readpatt, ngroups, dark_choice)
 
 
 def cosmic_ray_suffix(detector: str) -> str:

@@ -28,6 +28,9 @@ DEFAULT_FILTERS = ("F150W", "F277W")
 DEFAULT_READPATTS = ("RAPID", "BRIGHT2", "MEDIUM8")
 DEFAULT_NGROUPS_MAX = 5
 DEFAULT_SEED = 20260101
+# Independent dark ramps per detector (white + 1/f noise, hot pixels' shot noise); each unit picks one
+# from its seed. Real Mirage data ships ~5 per detector; 3 keep the kit at ~2.5 GB for two detectors.
+DARK_REALIZATIONS = 3
 SOFTWARE = ("jwst", "stdatamodels", "stcal", "crds", "mirage", "pysiaf", "numpy", "astropy", "photutils",
             "asdf", "gwcs")
 
@@ -221,8 +224,9 @@ def _write_kit(root: Path, plan: KitPlan, say: Callable[[str], None]) -> None:
                      f"mirage gridded PSF library {det.name} {filt}/CLEAR")
                 role(mirage_data.write_flat(mirage_root, model, filt),
                      f"mirage pixelflat (relative QE) {det.name} {filt}/CLEAR")
-            role(mirage_data.write_dark(mirage_root, model, plan.mirage_dark_frames),
-                 f"mirage linearized dark {det.name} RAPID x{plan.mirage_dark_frames} frames")
+            for k in range(DARK_REALIZATIONS):
+                role(mirage_data.write_dark(mirage_root, model, plan.mirage_dark_frames, k),
+                     f"mirage linearized dark {det.name} RAPID x{plan.mirage_dark_frames} frames, realization {k}")
             for path in mirage_data.write_cosmic_rays(mirage_root, det, plan.seed):
                 role(path, f"mirage cosmic-ray library {det.name}")
             first = filters[0]
@@ -251,7 +255,7 @@ def _write_kit(root: Path, plan: KitPlan, say: Callable[[str], None]) -> None:
         "parameters": plan.parameters(),
         "mirage": {"psfwfe": mirage_data.PSF_WFE, "psfwfegroup": mirage_data.PSF_WFE_GROUP,
                    "cosmic_ray_libraries": list(mirage_data.CR_LIBRARIES),
-                   "linearized_dark_frames": plan.mirage_dark_frames},
+                   "linearized_dark_frames": plan.mirage_dark_frames, "dark_realizations": DARK_REALIZATIONS},
         "reftypes": selector,
         "checks": checks,
         "software": _versions(),

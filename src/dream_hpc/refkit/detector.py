@@ -113,14 +113,19 @@ class DetectorModel:
         frame_index = np.array([g * per_group + (nframes + 1) / 2.0 for g in range(ngroups)])
         return (self.dark_rate[None] * (FULL_FRAME_TIME * frame_index)[:, None, None]).astype(np.float32)
 
-    def dark_ramp(self, nframes: int) -> tuple[np.ndarray, np.ndarray]:
+    def dark_ramp(self, nframes: int, realization: int = 0,
+                  flicker: bool = True) -> tuple[np.ndarray, np.ndarray]:
         """One realization of a RAPID dark: (signal, superbias + reference-pixel signal).
 
         signal: (1, nframes, ny, nx) float32 linear DN (dark current with shot noise on hot
-        pixels, read noise per frame = CDS noise / sqrt(2)); bias: same shape, uint16 DN
-        (superbias plus a per-frame, per-amplifier drift that refpix must remove).
+        pixels, read noise per frame = CDS noise / sqrt(2), and with `flicker` the readout's 1/f
+        noise, refkit/flicker_noise.py); bias: same shape, uint16 DN (superbias plus a per-frame,
+        per-amplifier drift that refpix must remove). Realizations are independent draws.
         """
-        rng = rng_for(self.seed, self.det, f"dark-ramp-{nframes}")
+        from dream_hpc.refkit.flicker_noise import frame_noise
+
+        rng = rng_for(self.seed, self.det, f"dark-ramp-{nframes}" + (f"-r{realization}" if realization else ""))
+        flicker_rng = rng_for(self.seed, self.det, f"dark-flicker-{nframes}-r{realization}")
         sigma_frame = (self.readnoise / np.sqrt(2.0)).astype(np.float32)
         signal = np.empty((1, nframes, FULL, FULL), np.float32)
         bias = np.empty((1, nframes, FULL, FULL), np.uint16)
@@ -133,6 +138,10 @@ class DetectorModel:
             electrons += rng.poisson(per_frame_e)
             frame[hot] = electrons / self.gain[hot]
             frame += sigma_frame * rng.standard_normal((FULL, FULL), dtype=np.float32)
+            if flicker:
+                # 1/f noise is read-out noise: the reference pixels see it too (refpix removes
+                # only their row-averaged part, which is why stripes survive into rate images)
+                frame += frame_noise(flicker_rng, self.mean_gain)
             signal[0, k] = frame
             drift = rng.normal(0.0, REFPIX_DRIFT, 4)[amp]
             bias[0, k] = np.clip(np.rint(self.superbias + drift[None, :]), 0, 65535)

@@ -48,8 +48,21 @@ def psf_file(root: Path, det: Detector, filt: str) -> Path:
                             f"{PSF_WFE}_realization{PSF_WFE_GROUP}.fits")
 
 
-def dark_file(root: Path, det: Detector) -> Path:
-    return root / "nircam" / "darks" / "linearized" / det.mirage_suffix / f"dreamkit_{det.name.lower()}_rapid_linear_dark.fits"
+def dark_file(root: Path, det: Detector, realization: int = 0) -> Path:
+    """Realization 0 where kits always had it; the others each in a directory of their own (dark_prep
+    draws from every *.fits beside the file it is given when NINT > 1)."""
+    base = root / "nircam" / "darks" / "linearized" / det.mirage_suffix
+    if realization:
+        base = base / f"realization{realization}"
+    return base / f"dreamkit_{det.name.lower()}_rapid_linear_dark.fits"
+
+
+def dark_realizations(root: Path, det: Detector) -> int:
+    """How many dark realizations the kit holds for `det` (0, 1, 2, ... without gaps)."""
+    n = 0
+    while dark_file(root, det, n).is_file():
+        n += 1
+    return n
 
 
 def cr_dir(root: Path) -> Path:
@@ -91,19 +104,20 @@ def write_psf(root: Path, det: Detector, filt: str, psf: PsfModel) -> Path:
     return path
 
 
-def write_dark(root: Path, model: DetectorModel, nframes: int) -> Path:
-    """The RAPID linearized dark for `model`, `nframes` frames (full frame)."""
+def write_dark(root: Path, model: DetectorModel, nframes: int, realization: int = 0) -> Path:
+    """The RAPID linearized dark for `model`, `nframes` frames (full frame), one realization."""
     from astropy.io import fits
 
     det = model.det
-    signal, bias = model.dark_ramp(nframes)
+    signal, bias = model.dark_ramp(nframes, realization)
     h0 = fits.PrimaryHDU()
     for key, value in dict(READPATT="RAPID", NINTS=1, NGROUPS=nframes, NFRAMES=1, NSKIP=0, GROUPGAP=0,
                            TFRAME=FULL_FRAME_TIME, TGROUP=FULL_FRAME_TIME, DETECTOR=det.dms, INSTRUME="NIRCAM",
                            FASTAXIS=det.fastaxis, SLOWAXIS=det.slowaxis, EXP_TYPE="NRC_DARK",
-                           SUBARRAY="FULL", KITSEED=model.seed).items():
+                           SUBARRAY="FULL", KITSEED=model.seed, DARKREAL=realization).items():
         h0.header[key] = value
-    path = dark_file(root, det)
+    h0.header["NOISE1F"] = ("NGHXRG c_pink+u_pink", "1/f readout noise (Rauscher 2015, PASP 127, 1144)")
+    path = dark_file(root, det, realization)
     path.parent.mkdir(parents=True, exist_ok=True)
     # The signal is stored as 16-bit integers scaled by DARK_BSCALE (read back as float32): half the
     # bytes, and the 0.14 DN rms rounding is nothing next to the ~8 DN read noise per frame.
@@ -196,13 +210,15 @@ def _dark_frames(path: Path) -> int:
 
 
 def mirage_paths(mirage_data: Path, detector: str, filter: str, readpatt: str,  # noqa: A002 (Mirage's word)
-                 ngroups: int | None = None) -> dict[str, Path]:
+                 ngroups: int | None = None, dark_choice: int = 0) -> dict[str, Path]:
     """The MIRAGE_DATA files one exposure needs, by Mirage yaml key, checked to exist.
 
     Keys: linearized_darkfile (Reffiles), psfpath (simSignals, a directory), cosmic_ray_path
     (cosmicRay: path, a directory), pixelflat (Reffiles: the QE flat; do not use the CRDS flat
     here). Pair them with psfwfe=PSF_WFE, psfwfegroup=PSF_WFE_GROUP and cosmicRay suffix
     cr_suffix(detector). With `ngroups`, also checks the dark is long enough for the exposure.
+    `dark_choice` (e.g. a unit's seed) picks one of the kit's dark realizations (choice modulo count):
+    Mirage's docs warn against building a large simulation on a single dark.
     """
     from dream_hpc.refkit import KitError
 
@@ -221,7 +237,8 @@ def mirage_paths(mirage_data: Path, detector: str, filter: str, readpatt: str,  
     if params and readpatt.upper() not in params.get("readpatts", []):
         raise KitError(f"the kit at {root.parent} has no {readpatt.upper()} darks (built for "
                        f"{', '.join(params['readpatts'])}); {rebuild} --readpatt {readpatt.upper()}")
-    paths = {"linearized_darkfile": dark_file(root, det), "psfpath": psf_dir(root),
+    realization = dark_choice % max(dark_realizations(root, det), 1)
+    paths = {"linearized_darkfile": dark_file(root, det, realization), "psfpath": psf_dir(root),
              "cosmic_ray_path": cr_dir(root), "pixelflat": flat_file(root, det, filt)}
     for key, hint in (("linearized_darkfile", f"--detectors {det.name}"), ("pixelflat", f"--filters {filt}")):
         if not paths[key].is_file():

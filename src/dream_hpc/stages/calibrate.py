@@ -254,7 +254,12 @@ def _calibrate(unit: WorkUnit, ctx: StageContext, stage: str, pipeline: str, pre
 
 def detector1_unit(unit: WorkUnit, ctx: StageContext) -> StageResult:
     """jwst Detector1 on the unit's `_uncal` -> `_rate` (countrate image)."""
-    return _calibrate(unit, ctx, "detector1", "detector1", "simulate")
+    result = _calibrate(unit, ctx, "detector1", "detector1", "simulate")
+    # how striped the rate image is (1/f noise left after refpix and, if run, clean_flicker_noise)
+    from dream_hpc.stages.striping import rate_striping
+
+    result.extra["striping"] = rate_striping(product_path(ctx.run, unit, "detector1"))
+    return result
 
 
 def image2_unit(unit: WorkUnit, ctx: StageContext) -> StageResult:

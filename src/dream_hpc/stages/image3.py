@@ -27,7 +27,9 @@ from typing import Any
 from dream_hpc.core.digests import sha256_file
 from dream_hpc.core.rundir import atomic_path, atomic_write_text
 from dream_hpc.core.workunit import WorkUnit
+from dream_hpc.stages import alignment_status
 from dream_hpc.stages.contract import StageContext, StageResult, product_path
+from dream_hpc.stages.pointing_error import exposure_key
 
 STAGE = "image3"
 # Names tweakreg resolves to a network catalog query: never in a dream-hpc run.
@@ -92,30 +94,11 @@ def _check_groups(units: Sequence[WorkUnit]) -> None:
 
 
 # --- the reference catalog -------------------------------------------------------------------
-def write_reference_catalog(cfg: Any, units: Sequence[WorkUnit], path: Path) -> int:
-    """ECSV (RA, DEC) of the input catalog's stars on the units' detectors; returns how many.
+def write_reference_catalog(cfg: Any, units: Sequence[WorkUnit], path: Path) -> dict[str, Any]:
+    """The local abs_refcat (stages/reference_catalog.py: the truth with Gaia- or HST-like errors)."""
+    from dream_hpc.stages.reference_catalog import write_reference_catalog as write
 
-    The footprints are the same aperture outlines the catalog selection used for Mirage, so no
-    product has to be opened (reading each _cal's WCS cost ~0.5 s per exposure).
-    """
-    import numpy as np
-    from astropy.table import Table
-
-    from dream_hpc.catalog import reader
-    from dream_hpc.catalog.selection import select_for_unit
-
-    cat = reader.load_catalog(cfg)
-    rows: set[int] = set()
-    for unit in units:
-        sel = select_for_unit(cat, unit, 0.0)
-        rows.update(int(r) for r in sel.row[sel.is_star])
-    src = cat.sources
-    keep = np.isin(src.row, np.fromiter(rows, int, len(rows)))
-    table = Table({"RA": np.asarray(src.ra[keep], float), "DEC": np.asarray(src.dec[keep], float)})
-    table.meta["comment"] = ["dream-hpc: input-catalog stars on the exposures (local abs_refcat)"]
-    with atomic_path(path) as tmp, open(tmp, "w") as f:
-        table.write(f, format="ascii.ecsv")
-    return int(keep.sum())
+    return write(cfg, units, path)
 
 
 # --- tweakreg check --------------------------------------------------------------------------
@@ -244,9 +227,10 @@ def run_mosaic(filter: str, units: Sequence[WorkUnit], ctx: StageContext) -> Sta
     atomic_write_text(asn_path, json.dumps(association(units, cal_paths, run.mosaic), indent=1) + "\n")
 
     refcat: Path | None = run.mosaic / f"{stem}_refcat.ecsv"
-    n_ref = write_reference_catalog(cfg, units, refcat)
+    refcat_info = write_reference_catalog(cfg, units, refcat)
+    n_ref = refcat_info["n"]
     if n_ref == 0:
-        ctx.log.warning("%s: no input-catalog stars on the exposures: tweakreg aligns relatively only", filter)
+        ctx.log.warning("%s: no reference-catalog sources on the exposures: tweakreg aligns relatively only", filter)
         refcat = None
     overrides = image3_overrides(cfg, refcat)
 
@@ -287,9 +271,15 @@ def run_mosaic(filter: str, units: Sequence[WorkUnit], ctx: StageContext) -> Sta
         shape = model.data.shape
         pixel_arcsec = math.degrees(math.sqrt(model.meta.photometry.pixelarea_steradians)) * 3600.0
     tweak = tweakreg_outcome(rec.records, status, pixel_arcsec)
+    # per exposure group: "fitted" only when every group is aligned, else "partial" naming them
+    groups = sorted({exposure_key(u) for u in units})
+    absolute = bool(overrides.get("tweakreg", {}).get("abs_refcat")) and not overrides["tweakreg"].get("skip")
+    tweak["alignment"] = alignment_status.parse(rec.records, groups, absolute, MAX_FIT_RMSE_PX * pixel_arcsec)
+    tweak["fitted"] = bool(tweak["fitted"] and tweak["alignment"]["status"] == "fitted")
     if not tweak["fitted"]:
-        ctx.log.warning("%s: tweakreg did not fit: %s", filter, tweak["reason"])
-        ctx.emit("warning", stage=STAGE, filter=filter, message=f"tweakreg did not fit: {tweak['reason']}")
+        why = tweak["reason"] or alignment_status.one_line(tweak["alignment"])
+        ctx.log.warning("%s: tweakreg did not fit every group: %s", filter, why)
+        ctx.emit("warning", stage=STAGE, filter=filter, message=f"tweakreg did not fit every group: {why}")
     png = run.figures / f"mosaic_{filter.lower()}.png"
     preview_png(i2d, finals[f"{name}_cat.ecsv"], png, f"{name}_i2d")
 
@@ -299,7 +289,7 @@ def run_mosaic(filter: str, units: Sequence[WorkUnit], ctx: StageContext) -> Sta
     for p in [*finals.values(), png]:
         result.outputs[run.rel(p)] = sha256_file(p)
     result.extra = {"filter": filter.upper(), "product": name, "asn": run.rel(asn_path), "n_inputs": len(units),
-                    "n_refcat_stars": n_ref, "tweakreg": tweak, "shape": list(shape), "wall_s": wall,
+                    "n_refcat_stars": n_ref, "refcat": refcat_info, "tweakreg": tweak, "shape": list(shape), "wall_s": wall,
                     "i2d": run.rel(i2d), "segm": run.rel(finals[f"{name}_segm.fits"]),
                     "cat": run.rel(finals[f"{name}_cat.ecsv"]), "preview": run.rel(png)}
     return result

@@ -30,7 +30,12 @@ NOTES: dict[tuple[str, str, str], str] = {
     ("detector1", "refpix", "odd_even_columns"):
         "reference-pixel (1/f, bias drift) correction; only as good as the reference pixels the subarray includes",
     ("detector1", "persistence", "skip"):
-        "skipped by default in jwst 3.0, so no traps-filled file is needed; persistence is not simulated here",
+        "\"should I get a traps-filled file?\" No: in jwst 3.0 the step was rewritten as flagging of pixels that "
+        "saturated earlier (persistence_time, dn_threshold, persistence_array_file), skipped by default, and "
+        "input_trapsfilled is gone; Mirage simulates no persistence, so keep it skipped for these simulations",
+    ("detector1", "persistence", "persistence_time"):
+        "real data only: the window (s) after a saturation in which a pixel is flagged (survey teams use ~2500 s, "
+        "cf. snowblind's PersistenceFlagStep); needs the exposures of a detector in time order",
     ("detector1", "jump", "rejection_threshold"):
         "cosmic-ray cut (sigma) per group difference with 5+ groups: lower flags more CRs but also real signal "
         "on bright sources",
@@ -46,7 +51,8 @@ NOTES: dict[tuple[str, str, str], str] = {
         "the 1/f (horizontal striping) correction, off by default; set skip: false for deep imaging where "
         "striping shows in the mosaic",
     ("detector1", "clean_flicker_noise", "fit_method"):
-        "median: row medians of the background (image1overf-like); fft: NSClean-style fit in frequency space",
+        "median: row medians of the source-masked background (image1overf-like), the one that works for NIRCam "
+        "imaging; fft (NSClean, Rauscher 2024) is NIRSpec-only in jwst 3.0: on NRC_IMAGE it warns and does nothing",
     ("detector1", "ramp_fit", "algorithm"):
         "OLS_C: optimally weighted least squares (default); LIKELY: likelihood fit, slower, for many groups",
     ("detector1", "ramp_fit", "maximum_cores"):
@@ -55,6 +61,9 @@ NOTES: dict[tuple[str, str, str], str] = {
         "acts only when the association lists background exposures; imaging surveys match sky in Image3 skymatch",
     ("image2", "resample", "skip"):
         "writes a per-exposure i2d preview; the survey mosaic comes from Image3, so skipping saves time",
+    ("image3", "skymatch", "skystat"):
+        "default mode (histogram bins of 0.1 sigma) can put false steps of ~0.25 MJy/sr between exposures of one sky "
+        "(measured on the demo); median is robust here",
     ("image3", "tweakreg", "minobj"):
         "minimum matched sources for relative alignment; the default 15 is too many for small subarrays: "
         "tweakreg then only warns and leaves the WCS unaligned",

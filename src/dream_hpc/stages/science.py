@@ -247,9 +247,20 @@ def check_filter(cfg: Any, filter_: str, i2d: Path, cat: Path) -> dict[str, Any]
     }
     result["completeness_by_mag"] = completeness_by_mag(mags_all[idx], matched, sample)
     result["passed"] = passed(result)
+    result["_i2d"] = Path(i2d)  # for the checks that read the products again (not in summary.json)
     # per-source arrays for the figure (not written to summary.json)
     result["_points"] = {"mag_in": mags_all[idx], "snr": snr, "sample": sample, "matched": matched,
-                         "is_star": is_star, "resid_total": resid_total, "dx": dx, "dy": dy}
+                         "is_star": is_star, "resid_total": resid_total, "dx": dx, "dy": dy,
+                         "row": np.asarray(sky.row)[idx], "ra": ra_all[idx], "dec": dec_all[idx],
+                         "mag_total": mag_total, "mag_iso": mag_iso, "size_px": size_px}
+    # galaxies on their own (stages/galaxy_check.py); their verdicts count once enough are judged
+    from dream_hpc.stages.galaxy_check import galaxy_report
+
+    result["galaxies"] = galaxy_report(result["_points"], iso, radius_px, psf_half, SNR_MIN, MIN_COMPLETENESS,
+                                       MAX_MAG_RESIDUAL)
+    for key, ok in result["galaxies"]["passed"].items():
+        if ok is not None:
+            result["passed"][f"galaxy_{key}"] = ok
     return result
 
 

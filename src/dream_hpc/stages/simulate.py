@@ -27,7 +27,8 @@ import yaml
 
 from dream_hpc.core.digests import file_sha256
 from dream_hpc.core.rundir import atomic_path, atomic_write_text
-from dream_hpc.core.workunit import WorkUnit
+from dream_hpc.core.workunit import WorkUnit, derive_seed
+from dream_hpc.stages import pointing_error, truth_products
 from dream_hpc.stages.contract import StageContext, StageResult, product_path
 from dream_hpc.stages.mirage_inputs import (
     MIRAGE_REFTYPES,
@@ -197,12 +198,17 @@ def simulate_unit(unit: WorkUnit, ctx: StageContext) -> StageResult:
 
     # sources that fall on this detector (with a margin for PSF wings)
     sources = select_for_unit(reader.load_catalog(cfg), unit, cfg.catalog.margin_arcsec)
-    catalogs = write_mirage_catalogs(sources, unit, inputs_dir)
+    # the true pointing: Mirage keeps the nominal one (headers) and draws the sky moved by the error
+    error = pointing_error.draw(cfg, unit)
+    catalogs = write_mirage_catalogs(pointing_error.rendered_sources(error, unit, sources), unit, inputs_dir)
+    truth = truth_products.write_exposure_truth(run, unit, error, sources)
 
     refs = mirage_references(unit)
     mirage_data = cfg.resolve(cfg.references.mirage_data)
+    # one of the kit's dark realizations, chosen by the unit's seed (not the rank or the order)
+    dark_choice = derive_seed(cfg.survey.seed, unit.unit_id, "dark_realization")
     kit = {k: Path(v) for k, v in refkit.mirage_paths(mirage_data, unit.detector, unit.filter, unit.readpatt,
-                                                       unit.ngroups).items()}
+                                                       unit.ngroups, dark_choice).items()}
 
     final = product_path(run, unit, STAGE)
     tmp_out = Path(tempfile.mkdtemp(prefix=f".tmp-{unit.unit_id}-mirage.", dir=run.exposures))
@@ -249,6 +255,8 @@ def simulate_unit(unit: WorkUnit, ctx: StageContext) -> StageResult:
         if path:
             result.inputs[_rel(run, Path(path))] = file_sha256(path)
     result.outputs[run.rel(final)] = file_sha256(final)
+    for path in truth.values():
+        result.outputs[run.rel(path)] = file_sha256(path)
     for key, path in refs.items():
         name = f"crds://{path.name}"
         result.refs[MIRAGE_REFTYPES[key]] = name
@@ -272,5 +280,7 @@ def simulate_unit(unit: WorkUnit, ctx: StageContext) -> StageResult:
                     "n_galaxies": _count_rows(catalogs.get("galaxyListFile")),
                     "aperture": unit.aperture, "filter": unit.filter, "pupil": unit.pupil,
                     "dark_prep": dark_state,
-                    "dark_prep_product": _rel(run, cached_dark) if cached_dark else None}
+                    "dark_prep_product": _rel(run, cached_dark) if cached_dark else None,
+                    "pointing_truth": pointing_error.truth_record(error, unit),
+                    "truth": {k: run.rel(v) for k, v in truth.items()}}
     return result

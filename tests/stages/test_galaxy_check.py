@@ -1,0 +1,35 @@
+"""Galaxies judged on their own: the completeness curve and the aperture-bias model (fast, no chain)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from dream_hpc.stages import galaxy_check
+
+
+def test_completeness_curve_finds_the_90_and_50_percent_magnitudes() -> None:
+    rng = np.random.default_rng(2)
+    mag = rng.uniform(22.0, 28.0, 4000)
+    p_detect = 1.0 / (1.0 + np.exp((mag - 26.0) / 0.3))  # 50% at 26.0, 90% at 26 - 0.3 ln 9 = 25.34
+    found = rng.random(mag.size) < p_detect
+    curve = galaxy_check.completeness_curve(mag, found)
+    assert curve["mag50"] == pytest.approx(26.0, abs=0.15)
+    assert curve["mag90"] == pytest.approx(25.34, abs=0.2)
+    assert galaxy_check.completeness_curve(mag, np.ones(mag.size, bool))["mag50"] is None  # never incomplete
+
+
+def test_aperture_bias_grows_with_size_and_vanishes_for_points() -> None:
+    sizes = np.array([0.0, 1.0, 3.0, 8.0])
+    bias = galaxy_check.expected_aper_total_bias(sizes, radius_px=4.0, psf_half_px=1.5)
+    assert bias[0] == pytest.approx(0.0, abs=1e-12)
+    assert np.all(np.diff(bias) > 0)  # larger galaxies lose more light outside the aperture: measured fainter
+
+
+def test_too_few_galaxies_are_not_judged() -> None:
+    n = 5
+    pts = {"is_star": np.zeros(n, bool), "snr": np.full(n, 50.0), "matched": np.ones(n, bool),
+           "mag_in": np.full(n, 23.0), "resid_total": np.zeros(n), "size_px": np.zeros(n)}
+    rep = galaxy_check.galaxy_report(pts, np.ones(n, bool), 4.0, 1.5, 20.0, 0.9, 0.1)
+    assert not rep["judged"] and rep["passed"] == {"completeness": None, "photometry": None}
+    assert "too few galaxies" in rep["verdict"]
