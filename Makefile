@@ -55,7 +55,7 @@ test: sysdeps $(KIT)/.built
 # What needs no reference kit, Slurm, MPI or end-to-end chain: the layers, config, plan, cost, the
 # journal, provenance on fabricated records, the engine's failure paths with a stand-in stage set.
 test-fast: venv
-	DREAM_HPC_NO_KIT=1 $(BIN)/python -m pytest -m "not kit and not slow and not slurm and not mpi" $(PYTEST_ARGS)
+	DREAM_HPC_NO_KIT=1 $(BIN)/python -m pytest -m "not kit and not slow and not slurm and not mpi and not container" $(PYTEST_ARGS)
 
 lint: venv
 	$(BIN)/ruff check src tests bench
