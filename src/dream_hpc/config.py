@@ -404,10 +404,12 @@ def parse_config(text: str, source: Path | None = None) -> SurveyConfig:
         mark = getattr(e, "problem_mark", None)
         at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         raise ConfigError(f"{name}: not valid YAML{at} ({getattr(e, 'problem', e)}); fix the syntax") from None
-    if data is None:
-        data = {}
+    if data is None or data == {}:
+        raise ConfigError(f"{name}: the config is empty (it would silently plan an all-defaults survey); start from config/demo.yaml (every key and its default: "
+                          "`dream-hpc params`)")
     if not isinstance(data, dict):
-        raise ConfigError(f"{name}: expected a mapping of sections at the top level")
+        raise ConfigError(f"{name}: expected a mapping of sections at the top level (survey:, pointings:, "
+                          f"instrument: ...), not a {type(data).__name__}; start from config/demo.yaml")
     try:
         cfg = _build(SurveyConfig, data, "")
         validate(cfg)

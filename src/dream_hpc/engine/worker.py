@@ -139,6 +139,8 @@ class _Worker:
         self.run = RunDir(Path(run_root))
         self.stages = stages  # the stage set module (stages/contract.py, or a test's stand-in)
         self.current: tuple[str, str] = ("", "")  # (unit id or filter, stage)
+        self.unit: Any = None  # the WorkUnit running (None for a mosaic)
+        self.last_step: str | None = None  # the jwst step or Mirage phase last started
         self.faults = parse_faults(os.environ.get(FAULT_ENV, ""))
 
     # The test hook: act when the running (unit, stage[, step]) matches a configured fault.
@@ -183,6 +185,8 @@ class _Worker:
         from dream_hpc.stages.contract import StageContext
 
         def emit(kind: str, **data: Any) -> None:
+            if kind == "step" and data.get("status") == "start":
+                self.last_step = data.get("step")
             self.events.send(kind, **data)
 
         return StageContext(cfg=self.cfg, run=self.run, emit=emit, log=logging.getLogger("dream_hpc.unit"))
@@ -190,6 +194,7 @@ class _Worker:
     def _run_one(self, stage: str, call: Callable[[], Any]) -> Any:
         """Run one stage with timing, memory and fault hook; returns the StageResult or None on failure."""
         self.current = (self.current[0], stage)
+        self.last_step = None
         self.events.send("stage_start", stage=stage)
         reset_peak_rss()
         wall0, cpu0 = time.time(), cpu_seconds()
@@ -203,6 +208,10 @@ class _Worker:
                 raise
             traceback.print_exc()
             msg = f"{type(e).__name__}: {e}".strip().splitlines()[0][:500] if str(e) else type(e).__name__
+            refs = self._step_references(stage)
+            if refs:
+                print(refs, flush=True)
+                msg = f"{msg} [{refs[:600]}]"
             self.events.send("stage_failed", stage=stage, error=msg)
             return None
         data = result.to_dict() if hasattr(result, "to_dict") else dict(result)
@@ -215,6 +224,16 @@ class _Worker:
                     os.truncate(path, path.stat().st_size // 2)
         return result
 
+    def _step_references(self, stage: str) -> str:
+        """The references the failed jwst step used and whether each verifies (stage set permitting)."""
+        describe = getattr(self.stages, "describe_failure", None)
+        if describe is None or self.unit is None:
+            return ""
+        try:
+            return describe(self.cfg, self.unit, stage, self.last_step)
+        except Exception as e:  # never hide the stage's own error
+            return f"references not described ({type(e).__name__}: {e})"
+
     def handle(self, msg: dict[str, Any]) -> None:
         from dream_hpc.core.workunit import WorkUnit
 
@@ -225,13 +244,13 @@ class _Worker:
                   f"at {time.strftime('%Y-%m-%d %H:%M:%S')}", flush=True)
             if msg["op"] == "unit":
                 unit = WorkUnit.from_dict(msg["unit"])
-                self.current = (unit.unit_id, "")
+                self.current, self.unit = (unit.unit_id, ""), unit
                 for stage in msg["stages"]:
                     if self._run_one(stage, lambda s=stage: run_stage(s, unit, ctx)) is None:
                         break
             elif msg["op"] == "mosaic":
                 units = [WorkUnit.from_dict(d) for d in msg["units"]]
-                self.current = (msg["filter"], "mosaic")
+                self.current, self.unit = (msg["filter"], "mosaic"), None
                 self._run_one("mosaic", lambda: run_mosaic(msg["filter"], units, ctx))
         self.events.send("task_end")
 
