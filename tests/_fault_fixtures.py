@@ -75,3 +75,36 @@ def two_detector_config(tmp_path_factory: pytest.TempPathFactory, refkit_dir: Pa
                     pointings={"rows": 1, "cols": 1, "dither": {"points": 2, "step_arcsec": 1.0, "pattern": "line"}},
                     instrument={"readout": {"readpatt": "BRIGHT2", "ngroups": 4, "nints": 1}})
     return write_config(d, cfg)
+
+
+# --- mounts (root only): a read-only view of the kit, a small filesystem to fill -------------------
+def _mount(*args: str) -> bool:
+    return subprocess.run(["mount", *args], capture_output=True).returncode == 0
+
+
+def bind_read_only(src: Path, target: Path) -> bool:
+    """`target` shows `src` read-only (a bind mount remounted ro); False where we may not mount."""
+    if not _mount("--bind", str(src), str(target)):
+        return False
+    if not _mount("-o", "remount,ro,bind", str(target)):
+        unmount(target)
+        return False
+    return True
+
+
+def mount_tmpfs(target: Path, size: str) -> None:
+    assert _mount("-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(target)), f"cannot mount a tmpfs on {target}"
+
+
+def unmount(target: Path) -> None:
+    subprocess.run(["umount", "-l", str(target)], capture_output=True)
+
+
+def snapshot(root: Path) -> dict[str, tuple[int, int]]:
+    """Every file under `root` (following the kit's layout, not symlinks out of it): size and mtime."""
+    out = {}
+    for dirpath, _dirs, files in os.walk(root):
+        for name in files:
+            st = os.stat(os.path.join(dirpath, name))
+            out[os.path.relpath(os.path.join(dirpath, name), root)] = (st.st_size, st.st_mtime_ns)
+    return out

@@ -136,7 +136,8 @@ def prepare(cfg: SurveyConfig, out: Path, mosaic: bool = True, compute_units: bo
     held = hold_back(cfg, units, before) if compute_units else {}
     tails = mosaic_tails(units) if mosaic else {}
     # Leftovers of writes cut short by a kill never count; we hold the lock, so nobody is writing them.
-    for stale in [*run.exposures.glob(".tmp-*"), *run.mosaic.glob(".tmp-*")]:
+    # (anywhere in the run: products, Mirage's inputs, figures, provenance.h5 and summary.json)
+    for stale in sorted(run.root.rglob(".tmp-*"), key=lambda p: len(p.parts)):
         if stale.is_dir() and not stale.is_symlink():
             shutil.rmtree(stale, ignore_errors=True)  # a stage's scratch directory (Mirage, Image3)
         else:

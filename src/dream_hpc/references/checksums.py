@@ -50,9 +50,19 @@ class Verdict:
         return self.problem is None
 
     def short(self) -> str:
-        """`name (verifies)`, `name (no checksum record)` or `name (BAD: truncated ...)`."""
-        state = "verifies" if self.ok and self.verified else "no checksum record" if self.ok else f"BAD: {self.problem}"
-        return f"{self.path.name} ({state})"
+        """`name (verifies)`, `name (BAD: truncated ...)`, or for a file no record lists, what its
+        content shows (FITS structure and checksums, ASDF blocks)."""
+        if not self.ok:
+            return f"{self.path.name} (BAD: {self.problem})"
+        if self.verified:
+            return f"{self.path.name} (verifies)"
+        from dream_hpc.references.content import check_content
+
+        try:
+            found = check_content(self.path)
+        except Exception as e:  # describing a failure must never fail
+            found = [f"content not checked ({type(e).__name__})"]
+        return f"{self.path.name} (no checksum record; content {'BAD: ' + found[0] if found else 'reads intact'})"
 
 
 def _kit_of(path: Path) -> Path | None:
