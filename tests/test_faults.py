@@ -125,10 +125,15 @@ def _case(base: dict, where: Path, phase: str, action: str) -> None:
     if action == "kill":
         assert faulted.returncode == -9, said[-3000:]
     else:
-        assert faulted.returncode != 0, said[-3000:]
+        # Either the unit (or mosaic) fails naming ENOSPC and the run goes on (space freed by its
+        # scratch files lets the journal record it), or the run cannot even journal and stops with
+        # one line; never a traceback.
+        assert faulted.returncode in (1, 2), said[-3000:]
         assert "Traceback" not in said, said[-3000:]
-        last = faulted.stderr.strip().splitlines()[-1]
-        assert "No space left on device" in last and "rerun the same command" in last, said[-3000:]
+        assert "No space left on device" in said, said[-3000:]
+        if faulted.returncode == 2:
+            last = faulted.stderr.strip().splitlines()[-1]
+            assert "No space left on device" in last and "rerun the same command" in last, said[-3000:]
         (where / FILL_NAME).unlink()  # the user frees space
 
     rerun = cli(["survey", config, "--out", str(run)], timeout=600)

@@ -450,7 +450,8 @@ def parse_config(text: str, source: Path | None = None) -> SurveyConfig:
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise ConfigError(f"{name}: not valid YAML{at} ({getattr(e, 'problem', e)}); fix the syntax") from None
+        problem = " ".join(str(getattr(e, "problem", None) or e).split())  # PyYAML's reader errors span lines
+        raise ConfigError(f"{name}: not valid YAML{at} ({problem}); fix the syntax") from None
     if data is None or data == {}:
         raise ConfigError(f"{name}: the config is empty (it would silently plan an all-defaults survey); start from config/demo.yaml (every key and its default: "
                           "`dream-hpc params`)")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import shutil
 import signal
 import socket
 import sys
@@ -77,10 +78,12 @@ def execute(cfg: SurveyConfig, out: str | Path, mosaic: bool = True,
         stack.callback(lambda: early.kill() if early is not None and early.events_fd >= 0 else None)
         error, prepared = None, None
         if comm.rank == 0:
+            created = False
             try:
                 from dream_hpc.core.rundir import refuse_unsafe_out
 
                 refuse_unsafe_out(out)
+                created = not out.exists()
                 out.mkdir(parents=True, exist_ok=True)
                 stack.enter_context(RunDir(out).lock(f"dream-hpc run (MPI size {comm.size})"))
                 if (out / STOP_FILE).exists():
@@ -90,6 +93,8 @@ def execute(cfg: SurveyConfig, out: str | Path, mosaic: bool = True,
                                    {f.upper() for f in filters} if filters else None)
             except (UserError, RunDirError, OSError, ValueError) as e:  # ConfigError is a ValueError
                 error = str(e)
+                if created:  # refused before any compute: leave no half-made run directory behind
+                    shutil.rmtree(out, ignore_errors=True)
             except Exception as e:  # tell the other ranks before failing, so none waits forever
                 comm.bcast(f"rank 0 failed while preparing the run: {type(e).__name__}: {e}")
                 raise
