@@ -26,7 +26,7 @@ from dream_hpc.config import ConfigError, SurveyConfig, parse_config
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "config" / "demo.yaml"
 COUNTS: dict[str, int] = {}
-SETTINGS = settings(max_examples=150, deadline=None, derandomize=True,
+SETTINGS = settings(max_examples=150, deadline=None, derandomize=True, database=None,
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 # A catalog case writes and reads a file (~0.1-0.5 s): fewer of them.
 CAT_SETTINGS = settings(SETTINGS, max_examples=60)
