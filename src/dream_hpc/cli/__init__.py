@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import errno
 import importlib
+import os
 import sys
 
 from dream_hpc import __version__
@@ -54,7 +55,8 @@ def main(argv: list[str] | None = None) -> int:
         where = f"{e.filename}: " if e.filename else ""
         fix = ("make the directory writable or choose another --out" if e.errno == errno.EROFS else
                "free space (or use another --out)")
-        print(f"dream-hpc {args.command}: error: {where}{e.strerror}; {fix}, then rerun the same command "
+        # h5py's strerror is a multi-line HDF5 report: the one line says what errno means
+        print(f"dream-hpc {args.command}: error: {where}{os.strerror(e.errno)}; {fix}, then rerun the same command "
               "(nothing already finished is lost)", file=sys.stderr)
         return 2
     except FileNotFoundError as e:
