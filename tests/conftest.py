@@ -34,6 +34,7 @@ def refkit_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 from _cache_fixtures import kit  # noqa: E402,F401  (cache, offline and config tests)
 from _chain_fixtures import chain_run, science_run  # noqa: E402,F401  (science chain tests)
 from _engine_fixtures import engine_config  # noqa: E402,F401  (engine tests)
+from _fault_fixtures import two_detector_config  # noqa: E402,F401  (reference-check tests)
 from _slurm_fixtures import fresh_cluster, local_cluster, local_slurm, sysdeps  # noqa: E402,F401  (Slurm, container, shellcheck)
 from _slurm_survey_fixtures import slurm_config, slurm_survey  # noqa: E402,F401  (one- and multi-node Slurm tests)
 

@@ -342,8 +342,55 @@ def _build(cls: type, data: dict[str, Any], where: str) -> Any:
     return cls(**kwargs)
 
 
+# Ranges of numeric keys the types alone allow but no survey can use (key: (low, high), inclusive;
+# None = unbounded). Sizes are capped where a typo would plan millions of exposures or exhaust memory.
+RANGES: dict[str, tuple[float | None, float | None]] = {
+    "survey.observation": (1, 999),  # APT observation numbers are 3 digits
+    "catalog.margin_arcsec": (0, 3600), "catalog.mag_limit": (-10, 50),
+    "catalog.synth.mag_limit": (-10, 50), "catalog.synth.margin_arcsec": (0, 3600),
+    "catalog.synth.density_scale": (0, 1000), "catalog.synth.star_density_arcmin2": (0, 1e5),
+    "pointings.center_ra": (-360, 360), "pointings.pa_v3": (-360, 360),
+    "pointings.rows": (None, 1000), "pointings.cols": (None, 1000),
+    "pointings.dither.points": (None, 1000), "pointings.dither.step_arcsec": (0, 3600),
+    "instrument.readout.nints": (None, 1000),
+    "simulation.background_rate": (0, 1e6), "simulation.cosmic_ray_scale": (0, 1e3),
+    "engine.unit_timeout_s": (0, None), "engine.timeout_factor": (None, 1e6), "engine.min_timeout_s": (0, None),
+    "engine.progress_interval_s": (0, 1e6),
+}
+
+
+def _numbers(obj: Any, where: str = "") -> typing.Iterator[tuple[str, Any]]:
+    """(dotted key, value) of every number in a config dict (tuple items as key[i])."""
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            yield from _numbers(v, f"{where}.{k}" if where else str(k))
+    elif isinstance(obj, list | tuple):
+        for i, v in enumerate(obj):
+            yield from _numbers(v, f"{where}[{i}]")
+    elif isinstance(obj, int | float) and not isinstance(obj, bool):
+        yield where, obj
+
+
+def _check_numbers(cfg: SurveyConfig) -> None:
+    import math
+
+    plain = cfg.to_dict()
+    plain.pop("pipeline", None)  # step parameters are checked against jwst's own specs (stages/params.py)
+    for key, value in _numbers(plain):
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"{key}: {value} is not a finite number (give a number)")
+        low, high = RANGES.get(key, (None, None))
+        if (low is not None and value < low) or (high is not None and value > high):
+            span = f"{low if low is not None else '-inf'}..{high if high is not None else 'inf'}"
+            raise ConfigError(f"{key}: {value} is outside {span}")
+    lo, hi = cfg.catalog.synth.star_mag_range
+    if lo > hi:
+        raise ConfigError(f"catalog.synth.star_mag_range: [{lo}, {hi}] is reversed (write [bright, faint])")
+
+
 def validate(cfg: SurveyConfig) -> None:
     """Cross-field checks: combinations the schema's types alone cannot rule out."""
+    _check_numbers(cfg)
     ins = cfg.instrument
     if not ins.detectors:
         raise ConfigError("instrument.detectors: empty (list at least one detector, e.g. [NRCB1])")
@@ -446,11 +493,14 @@ def parse_config(text: str, source: Path | None = None) -> SurveyConfig:
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise ConfigError(f"{name}: not valid YAML{at} ({getattr(e, 'problem', e)}); fix the syntax") from None
-    if data is None:
-        data = {}
+        problem = " ".join(str(getattr(e, "problem", None) or e).split())  # PyYAML's reader errors span lines
+        raise ConfigError(f"{name}: not valid YAML{at} ({problem}); fix the syntax") from None
+    if data is None or data == {}:
+        raise ConfigError(f"{name}: the config is empty (it would silently plan an all-defaults survey); start from config/demo.yaml (every key and its default: "
+                          "`dream-hpc params`)")
     if not isinstance(data, dict):
-        raise ConfigError(f"{name}: expected a mapping of sections at the top level")
+        raise ConfigError(f"{name}: expected a mapping of sections at the top level (survey:, pointings:, "
+                          f"instrument: ...), not a {type(data).__name__}; start from config/demo.yaml")
     try:
         cfg = _build(SurveyConfig, data, "")
         validate(cfg)

@@ -38,6 +38,9 @@ FORMATS = {".fits": "fits", ".fit": "fits", ".fits.gz": "fits", ".fz": "fits", "
            ".hdf5": "hdf5", ".he5": "hdf5", ".ecsv": "ecsv"}
 
 
+RADIUS_MAX_KPC = 1000.0  # half-light radii beyond this are not galaxies (see read_sources)
+
+
 class CatalogError(UserError):
     """A catalog problem the user can fix (missing file or column, empty footprint), as one line."""
 
@@ -199,6 +202,11 @@ def read_sources(cfg: SurveyConfig, filters: list[str]) -> tuple[Sources, RowRep
         raise CatalogError(f"catalog.path: {path} is not a readable {kind.upper()} table ({type(e).__name__}: "
                            f"{str(e).splitlines()[0] if str(e) else ''}); re-create or re-download it") from None
 
+    from dream_hpc.catalog import column_checks
+
+    column_checks.check_units(column_checks.declared_units(path, kind),
+                              {"ra": col.ra, "dec": col.dec, "radius": col.radius,
+                               **{f"mag:{f}": c for f, c in mag_cols.items()}}, sec.radius_unit, sec.mag_unit, CatalogError)
     ra = _require(data, names, col.ra, "ra", path).astype(float)
     dec = _require(data, names, col.dec, "dec", path).astype(float)
     n = len(ra)
@@ -217,6 +225,8 @@ def read_sources(cfg: SurveyConfig, filters: list[str]) -> tuple[Sources, RowRep
     sersic, radius = gal_col(col.sersic, "sersic"), gal_col(col.radius, "radius")
     axis_ratio, pa = gal_col(col.axis_ratio, "axis_ratio"), gal_col(col.position_angle, "position_angle")
     ids = data[col.id] if col.id in data else np.arange(1, n + 1)
+    if col.id in data:
+        column_checks.check_ids(ids, col.id, path, CatalogError)
     mags = {f: _require(data, names, c, "mag", path, f" (for {f})").astype(float) for f, c in mag_cols.items()}
 
     reasons: dict[str, np.ndarray] = {}
@@ -236,6 +246,8 @@ def read_sources(cfg: SurveyConfig, filters: list[str]) -> tuple[Sources, RowRep
             morph_nan |= ~np.isfinite(redshift)
         reasons["NaN morphology"] = galaxies & morph_nan
         reasons["radius <= 0"] = galaxies & (radius <= 0)
+        # a galaxy a degree (or a Mpc) across is a unit mix-up, and would overflow Mirage's stamps
+        reasons["radius >= 1 degree"] = galaxies & (radius >= (RADIUS_MAX_KPC if sec.radius_unit == "kpc" else 3600.0))
         reasons["axis ratio outside (0, 1]"] = galaxies & ((axis_ratio <= 0) | (axis_ratio > 1))
         lo, hi = SERSIC_RANGE
         reasons[f"Sersic index outside {lo:g}..{hi:g}"] = galaxies & ((sersic < lo) | (sersic > hi))
@@ -259,7 +271,7 @@ def read_sources(cfg: SurveyConfig, filters: list[str]) -> tuple[Sources, RowRep
     sources = Sources(row=idx, id=np.asarray(ids)[idx], ra=ra[idx] % 360.0, dec=dec[idx],
                       redshift=redshift[idx].astype(f32), sersic=sersic[idx].astype(f32),
                       radius=radius[idx].astype(f32), axis_ratio=axis_ratio[idx].astype(f32),
-                      pa=pa[idx].astype(f32), is_star=is_star[idx],
+                      pa=(pa[idx] % 360.0).astype(f32), is_star=is_star[idx],  # same angle, fits float32
                       mags={f: m[idx].astype(f32) for f, m in mags.items()}, mag_limit=sec.mag_limit)
     return sources, report
 

@@ -8,12 +8,19 @@ layers below them inside their handlers, so `dream-hpc --help` stays fast (no jw
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
+import os
 import sys
 
 from dream_hpc import __version__
 from dream_hpc.config import ConfigError
 from dream_hpc.core.errors import UserError
+from dream_hpc.core.rundir import RunDirError
+
+# A full disk or quota ends a command in one line; every product is written atomically, so a rerun of
+# the same command, once there is space, resumes with nothing half-written counted.
+_NO_SPACE = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 
 COMMAND_MODULES = tuple(f"dream_hpc.cli.{name}" for name in (
     "versions", "refkit", "cache", "catalog", "plan", "params", "survey", "run", "mosaic", "status",
@@ -39,8 +46,18 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return int(args.func(args) or 0)
-    except (ConfigError, UserError) as e:
+    except (ConfigError, UserError, RunDirError) as e:
         print(f"dream-hpc {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        if e.errno not in _NO_SPACE and e.errno != errno.EROFS:
+            raise
+        where = f"{e.filename}: " if e.filename else ""
+        fix = ("make the directory writable or choose another --out" if e.errno == errno.EROFS else
+               "free space (or use another --out)")
+        # h5py's strerror is a multi-line HDF5 report: the one line says what errno means
+        print(f"dream-hpc {args.command}: error: {where}{os.strerror(e.errno)}; {fix}, then rerun the same command "
+              "(nothing already finished is lost)", file=sys.stderr)
         return 2
     except FileNotFoundError as e:
         print(f"dream-hpc {args.command}: error: {e.filename or e}: not found (check the path)", file=sys.stderr)

@@ -55,6 +55,15 @@ def _cmd_verify(args: argparse.Namespace) -> int:
                            progress_stream=None if args.quiet else sys.stderr)
     for problem in rep.problems:
         print(problem.line())
+    if layout.kit is None and rep.good:
+        # The record a run checks references against before any compute (references/checksums.py):
+        # written now, at sync time, from the files this check found intact.
+        from dream_hpc.references.checksums import write_record
+
+        written = write_record(layout.cache, {p: v for p, v in rep.good.items()
+                                              if p.is_relative_to(layout.cache / "references")})
+        notes.append(f"note: checksum record {'written: ' + str(written) if written else 'not written (read-only cache)'}"
+                     " (runs check the references they use against it before any compute)")
     for note in notes + [f"note: {n}" for n in rep.notes[:10]]:
         print(note)
     if len(rep.notes) > 10:

@@ -12,8 +12,10 @@ from dream_hpc.plan.summary import format_summary, summarize, write_plan
 
 def _cmd_plan(args: Any) -> int:
     from dream_hpc.config import load_config
-    from dream_hpc.core.rundir import RunDir
+    from dream_hpc.core.rundir import RunDir, refuse_unsafe_out
 
+    if args.out:
+        refuse_unsafe_out(args.out)  # before any output: a refused --out is the only line
     cfg = load_config(args.config)
     units = make_plan(cfg)
     summary = summarize(cfg, units, args.node_mem_gb, args.node_cores, measured_run=args.measured)

@@ -27,10 +27,14 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
 
 
 # --- machine-wide: big files hashed once per version -----------------------------------------
+def cache_dir() -> Path:
+    """The machine-wide cache directory (DREAM_HPC_CACHE_DIR, else $XDG_CACHE_HOME/dream-hpc)."""
+    return Path(os.environ.get("DREAM_HPC_CACHE_DIR") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "dream-hpc"))
+
+
 def _cache_file() -> Path:
-    base = os.environ.get("DREAM_HPC_CACHE_DIR") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "dream-hpc")
-    return Path(base) / "digests.json"
+    return cache_dir() / "digests.json"
 
 
 def cached_sha256(path: str | Path) -> str:

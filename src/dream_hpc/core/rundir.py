@@ -30,13 +30,47 @@ class RunDirError(RuntimeError):
     """A problem with the run directory, phrased as one line with the fix."""
 
 
+# What a run directory holds (besides SUBDIRS): a directory with only these is a dream-hpc run.
+RUN_FILES = ("config.yaml", "plan.json", "provenance.h5", "summary.json", ".lock", "STOP", "reproduce.json")
+
+
+def is_run_dir(path: Path) -> bool:
+    """A dream-hpc run (or the start of one): its plan or journal exists, or it holds nothing else."""
+    if (path / "plan.json").is_file() or (path / "journal").is_dir():
+        return True
+    return all(name in SUBDIRS or name in RUN_FILES or name.startswith(".tmp-") for name in os.listdir(path))
+
+
+def refuse_unsafe_out(root: str | Path) -> Path:
+    """`--out` for a command that writes a run: never `/`, the home directory, a file, or a non-empty
+    directory that is not a dream-hpc run (a run writes config.yaml, logs/, figures/ ... into it)."""
+    p = Path(root).expanduser().resolve()
+    example = "give a new directory, e.g. --out runs/NAME"
+    if p == Path(p.anchor):
+        raise RunDirError(f"--out {root}: refusing to write a run into the root directory; {example}")
+    try:
+        home = Path.home().resolve()
+    except (RuntimeError, KeyError):  # no HOME and no passwd entry
+        home = None
+    if p == home:
+        raise RunDirError(f"--out {root}: refusing to write a run into the home directory {p}; {example}")
+    if p.exists() and not p.is_dir():
+        raise RunDirError(f"--out {root}: {p} exists and is not a directory; {example}")
+    if p.is_dir() and not is_run_dir(p):
+        entries = sorted(os.listdir(p))
+        shown = ", ".join(entries[:5]) + (f" and {len(entries) - 5} more" if len(entries) > 5 else "")
+        raise RunDirError(f"--out {root}: {p} is not empty and is not a dream-hpc run (it holds {shown}); "
+                          f"{example} or an empty one")
+    return p
+
+
 @dataclass(frozen=True)
 class RunDir:
     root: Path
 
     @classmethod
     def create(cls, root: str | Path) -> RunDir:
-        run = cls(Path(root).resolve())
+        run = cls(refuse_unsafe_out(root))
         for sub in SUBDIRS:
             (run.root / sub).mkdir(parents=True, exist_ok=True)
         return run

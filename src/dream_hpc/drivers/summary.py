@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from dream_hpc.config import SurveyConfig
-from dream_hpc.core.rundir import RunDir, atomic_write_text
+from dream_hpc.core import faults
+from dream_hpc.core.rundir import RunDir, atomic_path
 from dream_hpc.core.runstate import RunView, fmt_duration, read_run
 from dream_hpc.core.workunit import STAGES
 from dream_hpc.drivers import science_truth
@@ -100,7 +101,12 @@ def build_summary(cfg: SurveyConfig, run: RunDir, view: RunView, mosaics: dict[s
 
 def write_summary(run: RunDir, summary: dict[str, Any]) -> Path:
     summary["figures"] = sorted(run.rel(p) for p in run.figures.glob("*.png"))
-    atomic_write_text(run.summary, json.dumps(summary, indent=1, default=str) + "\n")
+    text = json.dumps(summary, indent=1, default=str) + "\n"
+    with atomic_path(run.summary) as tmp, open(tmp, "w") as f:
+        f.write(text[: len(text) // 2])
+        f.flush()
+        faults.at("summary", run.root)  # test hook (off unless DREAM_HPC_TEST_FAULT names it)
+        f.write(text[len(text) // 2:])
     return run.summary
 
 

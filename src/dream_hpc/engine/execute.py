@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import shutil
 import signal
 import socket
 import sys
@@ -76,7 +77,12 @@ def execute(cfg: SurveyConfig, out: str | Path, mosaic: bool = True,
         stack.callback(lambda: early.kill() if early is not None and early.events_fd >= 0 else None)
         error, prepared = None, None
         if comm.rank == 0:
+            created = False
             try:
+                from dream_hpc.core.rundir import refuse_unsafe_out
+
+                refuse_unsafe_out(out)
+                created = not out.exists()
                 out.mkdir(parents=True, exist_ok=True)
                 stack.enter_context(RunDir(out).lock(f"dream-hpc run (MPI size {comm.size})"))
                 if (out / STOP_FILE).exists():
@@ -86,6 +92,8 @@ def execute(cfg: SurveyConfig, out: str | Path, mosaic: bool = True,
                                    {f.upper() for f in filters} if filters else None)
             except (UserError, RunDirError, OSError, ValueError) as e:  # ConfigError is a ValueError
                 error = str(e)
+                if created:  # refused before any compute: leave no half-made run directory behind
+                    shutil.rmtree(out, ignore_errors=True)
             except Exception as e:  # tell the other ranks before failing, so none waits forever
                 comm.bcast(f"rank 0 failed while preparing the run: {type(e).__name__}: {e}")
                 raise
@@ -146,6 +154,7 @@ def _coordinate(comm: Any, p: Prepared, hosts: list[str], mosaic: bool, worker: 
     progress = Progress({t.key: t.cost for t in p.tasks}, stream or sys.stderr, cfg.engine.progress_interval_s,
                         n_mosaics=len(filters) if mosaic else 0)
     sched = Scheduler(p.tasks, mosaic_factory(cfg, p.view) if mosaic else None, cfg.engine.allow_partial_mosaic)
+    _hold_back(p, sched, journal, progress)
     coordinator = Coordinator(comm, sched, None, progress, journal, stop_file=run.root / STOP_FILE)
     if cfg.engine.unit_timeout_s <= 0:
         coordinator.timeout_factor = cfg.engine.timeout_factor
@@ -185,6 +194,25 @@ def _coordinate(comm: Any, p: Prepared, hosts: list[str], mosaic: bool, worker: 
               "file and rerun the same command to resume", file=stream or sys.stderr)
         return RunResult(EXIT_STOPPED, status, run, outcomes, dict(sched.blocked))
     return RunResult(0 if status == "ok" else 1, status, run, outcomes, dict(sched.blocked))
+
+
+def _hold_back(p: Prepared, sched: Scheduler, journal: Any, progress: Any) -> None:
+    """Units a bad reference holds back (engine/prepare.py hold_back) end as failed before any
+    compute, naming the file and its fix; nothing is handed out for them."""
+    import time
+
+    from dream_hpc.core.workunit import STAGES
+    from dream_hpc.engine.executor import Outcome
+
+    for key, why in sorted(p.held.items()):
+        task = sched.tasks[key]
+        done = task.recorded.get("stages") or {}
+        stage = next((s for s in STAGES if s not in done), STAGES[0])
+        journal.write("unit_failed", key, stage=stage, step="references", error=why)
+        now = time.time()
+        oc = Outcome(key, "unit", "failed", stage=stage, step="references", error=why, start=now, end=now)
+        progress.on_outcome(oc)
+        sched.hold(oc)
 
 
 def _report(run: RunDir, sched: Scheduler, out: Any) -> None:

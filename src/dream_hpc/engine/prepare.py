@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import logging
 import shutil
-from dataclasses import dataclass
+import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -101,6 +102,7 @@ class Prepared:
     units: list[WorkUnit]
     tasks: list[Task]
     view: Any
+    held: dict[str, str] = field(default_factory=dict)  # unit id -> why it cannot run (a bad reference)
 
 
 def prepare(cfg: SurveyConfig, out: Path, mosaic: bool = True, compute_units: bool = True,
@@ -130,9 +132,11 @@ def prepare(cfg: SurveyConfig, out: Path, mosaic: bool = True, compute_units: bo
         if not units:
             raise UserError(f"{cfg.source}: no units in {', '.join(sorted(filters))} (this config's filters: "
                             f"{', '.join(planned_filters)})")
+    held = hold_back(cfg, units, before) if compute_units else {}
     tails = mosaic_tails(units) if mosaic else {}
     # Leftovers of writes cut short by a kill never count; we hold the lock, so nobody is writing them.
-    for stale in [*run.exposures.glob(".tmp-*"), *run.mosaic.glob(".tmp-*")]:
+    # (anywhere in the run: products, Mirage's inputs, figures, provenance.h5 and summary.json)
+    for stale in sorted(run.root.rglob(".tmp-*"), key=lambda p: len(p.parts)):
         if stale.is_dir() and not stale.is_symlink():
             shutil.rmtree(stale, ignore_errors=True)  # a stage's scratch directory (Mirage, Image3)
         else:
@@ -145,7 +149,18 @@ def prepare(cfg: SurveyConfig, out: Path, mosaic: bool = True, compute_units: bo
         recorded = {"done": state.done, "stages": state.stages} if state else {}
         tasks.append(Task(u.unit_id, "unit", cost, unit_time_limit(cfg, cost), unit=u, recorded=recorded,
                           tail=tails.get(u.filter, 0.0), verify_only=not compute_units))
-    return Prepared(cfg, run, units, tasks, view)
+    return Prepared(cfg, run, units, tasks, view, held)
+
+
+def hold_back(cfg: SurveyConfig, units: list[WorkUnit], before: Any) -> dict[str, str]:
+    """Units not yet done whose references fail their checksum record (stages/preflight.py), each
+    bad file named in one line on stderr before any compute; the other units run."""
+    from dream_hpc.stages.preflight import held_back_units
+
+    pending = [u for u in units if not (before.units.get(u.unit_id) and before.units[u.unit_id].done)]
+    if not pending:
+        return {}
+    return held_back_units(cfg, pending, say=lambda line: print(line, file=sys.stderr, flush=True))
 
 
 def mosaic_factory(cfg: SurveyConfig, view: Any) -> MosaicFactory:

@@ -51,6 +51,14 @@ class Scheduler:
         self.running[key] = task
         return task
 
+    def hold(self, outcome: Any) -> Task | None:
+        """End a task without handing it out (a unit whose references are bad): recorded as its
+        outcome, so its filter's mosaic is blocked or released as for any failed unit."""
+        self._heap = [(k, key) for k, key in self._heap if key != outcome.key]
+        heapq.heapify(self._heap)
+        self.running[outcome.key] = self.tasks[outcome.key]
+        return self.complete(outcome)
+
     @property
     def pending(self) -> int:
         return len(self._heap)

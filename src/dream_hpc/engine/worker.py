@@ -10,7 +10,10 @@ Test hook (documented, off unless set): ``DREAM_HPC_TEST_FAULT="<unit_id>:<stage
 (several separated by ``,``; ``unit_id`` may be ``*``, stage may be ``mosaic`` with the filter as
 unit id). Actions: ``raise`` (an exception inside the named jwst step, or at stage start),
 ``hang`` (sleeps there for a day), ``truncate`` (after the stage succeeds, cut its product to half:
-the next stage then meets a genuinely corrupt file). Used by the engine tests to fail real units.
+the next stage then meets a genuinely corrupt file), ``kill`` (SIGKILL the rank and this worker
+there: a node lost mid-stage), ``full`` (fill the small test filesystem holding the run there, so
+the stage's own writes meet a real ENOSPC; see core/faults.py, which also covers the writes of
+provenance.h5 and summary.json). Used by the engine and fault tests to fail real units.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from typing import Any
 FAULT_ENV = "DREAM_HPC_TEST_FAULT"
 REAL_STAGES = "dream_hpc.stages.chain"  # the stage set (stages/contract.py); tests pass a stand-in
 HANG_SECONDS = 86400.0
+FAULT_ACTIONS = ("raise", "hang", "truncate", "kill", "full")
 
 
 # --- memory and CPU accounting (used in the worker) ------------------------------------------
@@ -100,8 +104,9 @@ def output_to(log_path: Path):
     try:
         yield
     finally:
-        sys.stdout.flush()
-        sys.stderr.flush()
+        with contextlib.suppress(OSError):  # a full disk must not hide the stage's own outcome
+            sys.stdout.flush()
+            sys.stderr.flush()
         os.dup2(saved[0], 1)
         os.dup2(saved[1], 2)
         os.close(saved[0])
@@ -122,8 +127,8 @@ def parse_faults(text: str) -> list[_Fault]:
         parts = item.split(":")
         if len(parts) == 3:
             parts.insert(2, "")
-        if len(parts) != 4 or parts[3] not in ("raise", "hang", "truncate"):
-            raise ValueError(f"{FAULT_ENV}: {item!r} is not <unit>:<stage>[:<step>]:<raise|hang|truncate>")
+        if len(parts) != 4 or parts[3] not in FAULT_ACTIONS:
+            raise ValueError(f"{FAULT_ENV}: {item!r} is not <unit>:<stage>[:<step>]:<{'|'.join(FAULT_ACTIONS)}>")
         faults.append(_Fault(parts[0], parts[1], parts[2] or None, parts[3]))
     return faults
 
@@ -139,6 +144,8 @@ class _Worker:
         self.run = RunDir(Path(run_root))
         self.stages = stages  # the stage set module (stages/contract.py, or a test's stand-in)
         self.current: tuple[str, str] = ("", "")  # (unit id or filter, stage)
+        self.unit: Any = None  # the WorkUnit running (None for a mosaic)
+        self.last_step: str | None = None  # the jwst step or Mirage phase last started
         self.faults = parse_faults(os.environ.get(FAULT_ENV, ""))
 
     # The test hook: act when the running (unit, stage[, step]) matches a configured fault.
@@ -153,10 +160,18 @@ class _Worker:
                                + (f"/{fault.step}" if fault.step else ""))
         if fault.action == "hang":
             time.sleep(HANG_SECONDS)
+        if fault.action == "kill":
+            from dream_hpc.core.faults import kill_now
+
+            kill_now(also_parent=True)
+        if fault.action == "full":
+            from dream_hpc.core.faults import fill_filesystem
+
+            fill_filesystem(self.run.root)
 
     def install_step_faults(self) -> None:
         """Wrap the `process` method of each named jwst step so the fault fires inside the real step."""
-        named = {f.step for f in self.faults if f.step and f.action != "truncate"}
+        named = {f.step for f in self.faults if f.step and f.action in ("raise", "hang")}
         if not named:
             return
         import importlib
@@ -183,13 +198,22 @@ class _Worker:
         from dream_hpc.stages.contract import StageContext
 
         def emit(kind: str, **data: Any) -> None:
+            if kind == "step" and data.get("status") == "start":
+                self.last_step = data.get("step")
             self.events.send(kind, **data)
+            if kind == "step" and data.get("status") == "start":
+                # kill / full at a named jwst step or Mirage phase (e.g. `save`, `obs_generator`),
+                # as the stage reaches it
+                for fault in self._matching("", data.get("step")):
+                    if fault.action in ("kill", "full"):
+                        self._act(fault)
 
         return StageContext(cfg=self.cfg, run=self.run, emit=emit, log=logging.getLogger("dream_hpc.unit"))
 
     def _run_one(self, stage: str, call: Callable[[], Any]) -> Any:
         """Run one stage with timing, memory and fault hook; returns the StageResult or None on failure."""
         self.current = (self.current[0], stage)
+        self.last_step = None
         self.events.send("stage_start", stage=stage)
         reset_peak_rss()
         wall0, cpu0 = time.time(), cpu_seconds()
@@ -201,8 +225,14 @@ class _Worker:
         except BaseException as e:  # SystemExit too: Mirage calls sys.exit on some errors
             if isinstance(e, KeyboardInterrupt):
                 raise
-            traceback.print_exc()
+            with contextlib.suppress(OSError):  # the log's disk may be the full one
+                traceback.print_exc()
             msg = f"{type(e).__name__}: {e}".strip().splitlines()[0][:500] if str(e) else type(e).__name__
+            refs = self._step_references(stage)
+            if refs:
+                with contextlib.suppress(OSError):
+                    print(refs, flush=True)
+                msg = f"{msg} [{refs[:600]}]"
             self.events.send("stage_failed", stage=stage, error=msg)
             return None
         data = result.to_dict() if hasattr(result, "to_dict") else dict(result)
@@ -220,23 +250,34 @@ class _Worker:
                     os.truncate(path, path.stat().st_size // 2)
         return result
 
+    def _step_references(self, stage: str) -> str:
+        """The references the failed jwst step used and whether each verifies (stage set permitting)."""
+        describe = getattr(self.stages, "describe_failure", None)
+        if describe is None or self.unit is None:
+            return ""
+        try:
+            return describe(self.cfg, self.unit, stage, self.last_step)
+        except Exception as e:  # never hide the stage's own error
+            return f"references not described ({type(e).__name__}: {e})"
+
     def handle(self, msg: dict[str, Any]) -> None:
         from dream_hpc.core.workunit import WorkUnit
 
         run_stage, run_mosaic = self.stages.run_stage, self.stages.run_mosaic
         ctx = self._context()
         with output_to(Path(msg["log"])):
-            print(f"==== dream-hpc {msg['op']} {msg.get('key')} on {os.uname().nodename} pid {os.getpid()} "
-                  f"at {time.strftime('%Y-%m-%d %H:%M:%S')}", flush=True)
+            with contextlib.suppress(OSError):
+                print(f"==== dream-hpc {msg['op']} {msg.get('key')} on {os.uname().nodename} pid {os.getpid()} "
+                      f"at {time.strftime('%Y-%m-%d %H:%M:%S')}", flush=True)
             if msg["op"] == "unit":
                 unit = WorkUnit.from_dict(msg["unit"])
-                self.current = (unit.unit_id, "")
+                self.current, self.unit = (unit.unit_id, ""), unit
                 for stage in msg["stages"]:
                     if self._run_one(stage, lambda s=stage: run_stage(s, unit, ctx)) is None:
                         break
             elif msg["op"] == "mosaic":
                 units = [WorkUnit.from_dict(d) for d in msg["units"]]
-                self.current = (msg["filter"], "mosaic")
+                self.current, self.unit = (msg["filter"], "mosaic"), None
                 self._run_one("mosaic", lambda: run_mosaic(msg["filter"], units, ctx))
         self.events.send("task_end")
 

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from dream_hpc import __version__
+from dream_hpc.core import faults
 from dream_hpc.core.journal import JournalFile, journal_files, now_iso, parse_lines, split_raw
 from dream_hpc.core.rundir import RunDir, RunDirError, atomic_path
 from dream_hpc.core.runmodel import Model, StageRecord, build, stage_key
@@ -296,6 +297,7 @@ def consolidate(run: RunDir | str | Path) -> Path:
     model = build(files)
     with atomic_path(run.provenance) as tmp, h5py.File(tmp, "w") as h5:
         tree(model, read_attachments(run, model)).write(h5)
+        faults.at("provenance", run.root)  # test hook (off unless DREAM_HPC_TEST_FAULT names it)
         h5.attrs["created"] = now_iso()
         h5.attrs["created_by"] = f"dream-hpc {__version__}"
     return run.provenance

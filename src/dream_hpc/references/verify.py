@@ -54,6 +54,7 @@ class Report:
     n_bytes: int = 0
     seconds: float = 0.0
     evidence: dict[str, int] = field(default_factory=dict)  # how references were checked -> count
+    good: dict[Path, tuple[str, int]] = field(default_factory=dict)  # file found intact -> (sha256, size)
 
     @property
     def ok(self) -> bool:
@@ -273,6 +274,7 @@ def _check_file(path: Path, rel: str, fix: str, rep: Report, progress: ReadProgr
         rep.problems.append(Problem(rel, f"unreadable ({e.strerror or e})", fix))
         return evidence
     rep.n_bytes += actual
+    before = len(rep.problems)
     if sha256:
         if digests["sha256"] != sha256:
             rep.problems.append(Problem(rel, "sha256 differs from the kit manifest (altered or corrupted)", fix))
@@ -281,6 +283,8 @@ def _check_file(path: Path, rel: str, fix: str, rep: Report, progress: ReadProgr
             rep.problems.append(Problem(rel, "sha1 differs from the CRDS catalog (altered or corrupted)", fix))
     elif deep:
         rep.problems.extend(Problem(rel, what, fix) for what in check_content(path))
+    if len(rep.problems) == before:
+        rep.good[path] = (digests["sha256"], actual)
     return evidence
 
 

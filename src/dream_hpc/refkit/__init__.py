@@ -50,6 +50,20 @@ def mirage_paths(mirage_data: Path, detector: str, filter: str, readpatt: str,  
     return _paths(mirage_data, detector, filter, readpatt, ngroups, dark_choice)
 
 
+def mirage_files(mirage_data: Path, detector: str, filter: str, readpatt: str,  # noqa: A002
+                 ngroups: int | None = None) -> list[Path]:
+    """Every MIRAGE_DATA file one exposure reads: its linearized dark, QE flat, PSF library file and
+    cosmic-ray libraries (the directories `mirage_paths` names narrowed to this detector and filter)."""
+    from dream_hpc.refkit import mirage_data as md
+    from dream_hpc.refkit.nircam import detector as _detector
+
+    paths = mirage_paths(mirage_data, detector, filter, readpatt, ngroups)
+    det = _detector(detector)
+    root = Path(mirage_data)
+    crs = sorted(md.cr_dir(root).glob(f"CRs_MCD1.7_*_{md.cr_suffix(det)}.fits"))
+    return [paths["linearized_darkfile"], paths["pixelflat"], md.psf_file(root, det, filter.upper()), *crs]
+
+
 def cosmic_ray_suffix(detector: str) -> str:
     """The `cosmicRay: suffix` Mirage needs for `detector` with this kit (e.g. IPC_NIRCam_B1)."""
     from dream_hpc.refkit.mirage_data import cr_suffix

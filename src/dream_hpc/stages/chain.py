@@ -54,3 +54,10 @@ def check_before_compute(cfg: SurveyConfig, run: RunDir) -> None:
 
     validate_step_overrides(cfg)
     check_references(cfg, load_plan(run.plan))
+
+
+def describe_failure(cfg: SurveyConfig, unit: WorkUnit, stage: str, step: str | None) -> str:
+    """For a failed jwst step: the reference files it used and whether each verifies."""
+    from dream_hpc.stages.preflight import describe_step_references
+
+    return describe_step_references(cfg, unit, stage, step)

@@ -7,6 +7,7 @@ message now, not the same failure in every unit later.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 from pathlib import Path
@@ -34,8 +35,11 @@ def _configured_for(cfg: SurveyConfig, crds_path: Path | None = None) -> Path:
 
     cache = crds_path or cfg.resolve(cfg.references.crds_path)
     if not (cache / "mappings").is_dir():
-        raise UserError(f"{cache}: no CRDS cache here (references.crds_path); build the kit with `make kit` or "
-                        f"sync the context's mappings with `crds sync --contexts {cfg.references.context}`")
+        from dream_hpc.refkit.for_config import build_command
+
+        raise UserError(f"{cache}: no CRDS cache here (references.crds_path); build the kit this config needs with "
+                        f"`{build_command(cfg)}` or sync the context's mappings with "
+                        f"`crds sync --contexts {cfg.references.context}`")
     if "crds" in sys.modules and os.environ.get("CRDS_PATH") != str(cache.resolve()):
         raise UserError("CRDS was already loaded for another cache in this process (CRDS reads its "
                         "environment once); run this in a new process")
@@ -59,13 +63,14 @@ def check_inputs(cfg: SurveyConfig) -> None:
     run does: CRDS serverless and read-only, MIRAGE_DATA, one BLAS thread. Sockets stay open (MPI
     between nodes needs them); `prepare` closes them where nothing else runs."""
     from dream_hpc.core import offline
+    from dream_hpc.refkit.for_config import build_command
 
     refs = cfg.references
     for what, key in (("CRDS cache", "crds_path"), ("MIRAGE_DATA", "mirage_data")):
         path = cfg.resolve(getattr(refs, key))
         if not path.is_dir():
-            raise UserError(f"references.{key}: {what} {path} does not exist (build the reference kit with "
-                            "`make kit`, or point the config at one)")
+            raise UserError(f"references.{key}: {what} {path} does not exist (build the kit this config needs "
+                            f"with `{build_command(cfg)}`, or point the config at one)")
     offline.configure(cfg.resolve(refs.crds_path), refs.context, cfg.resolve(refs.mirage_data))
 
 
@@ -110,19 +115,137 @@ def check_references(cfg: SurveyConfig, units: list[WorkUnit], pipelines: bool =
     """Every reference and kit file the units need exists, checked once per kind of exposure:
     a missing dark or flat is one line now, not the same failure in every unit later.
     `pipelines=False`: Mirage's references only (no jwst import)."""
+    for _ in _unit_kinds(cfg, units, pipelines):
+        pass
+
+
+def _unit_kinds(cfg: SurveyConfig, units: list[WorkUnit], pipelines: bool | list[str]):
+    """(kind, units of that kind, {file: role}) per kind of exposure; raises UserError for a file
+    that is missing. `pipelines`: True (every type jwst looks up: imports jwst), False (Mirage's
+    references only) or the list of reference types to look up."""
     from dream_hpc import refkit
     from dream_hpc.references import lookup
     from dream_hpc.stages import simulate
+    from dream_hpc.stages.mirage_inputs import SimulationError
 
-    seen: set[tuple] = set()
+    kinds: dict[tuple, list[WorkUnit]] = {}
     for unit in units:
         kind = (unit.detector, unit.filter, unit.pupil, unit.subarray, unit.readpatt, unit.ngroups, unit.nints,
                 unit.date_obs)
-        if kind in seen:
-            continue
-        seen.add(kind)
-        refkit.mirage_paths(cfg.resolve(cfg.references.mirage_data), unit.detector, unit.filter, unit.readpatt,
-                            unit.ngroups)
-        simulate.mirage_references(unit)
-        if pipelines:
-            lookup.best_references(unit)  # everything the three pipelines will look up
+        kinds.setdefault(kind, []).append(unit)
+    mirage_data = cfg.resolve(cfg.references.mirage_data)
+    for kind, members in kinds.items():
+        unit = members[0]
+        files: dict[Path, str] = {}
+        try:
+            for path in refkit.mirage_files(mirage_data, unit.detector, unit.filter, unit.readpatt, unit.ngroups):
+                files[Path(path)] = "MIRAGE_DATA"
+            for key, path in simulate.mirage_references(unit).items():
+                files.setdefault(Path(path), f"Mirage {key}")
+            if pipelines:
+                types = None if pipelines is True else pipelines
+                for reftype, path in lookup.best_references(unit, types).items():  # what the pipelines look up
+                    files.setdefault(Path(path), reftype)
+        except (refkit.KitError, SimulationError) as e:
+            raise UserError(_kit_fix(cfg, str(e))) from None
+        except UserError as e:
+            if "no " in str(e) and "reference for" in str(e):  # the context has no file for this exposure
+                raise UserError(_kit_fix(cfg, str(e))) from None
+            raise
+        yield kind, members, files
+
+
+def _kit_fix(cfg: SurveyConfig, message: str) -> str:
+    """A kit error with the one fix that works for this config (the kit built for it)."""
+    from dream_hpc.refkit.for_config import build_command
+
+    what = message.split("; rebuild", 1)[0].split("; fix:", 1)[0].split(" (Mirage needs it as", 1)[0]
+    return (f"{what}; fix: build the kit this config needs with `{build_command(cfg)}` "
+            "(or point references.crds_path / references.mirage_data at one that has it)")
+
+
+# --- references verified against their checksum record, before any compute -----------------------
+def planned_reftypes(cfg: SurveyConfig) -> list[str]:
+    """Every reference type the survey's pipelines look up (lookup.default_reftypes), without
+    importing jwst on rank 0 more than once per machine: the list depends only on the jwst version
+    and the `skip` overrides, and is kept beside the machine-wide digest cache."""
+    import json
+    from importlib.metadata import version
+
+    from dream_hpc.core.digests import cache_dir
+    from dream_hpc.core.rundir import atomic_write_text
+    from dream_hpc.references.lookup import default_reftypes
+
+    skips = sorted(f"{pipe}.{step}={bool(params['skip'])}" for pipe in ("detector1", "image2", "image3")
+                   for step, params in getattr(cfg.pipeline, pipe).items()
+                   if isinstance(params, dict) and "skip" in params)
+    key = f"jwst {version('jwst')}|" + ",".join(skips)
+    path = cache_dir() / "reftypes.json"
+    try:
+        known = json.loads(path.read_text())
+    except (OSError, ValueError):
+        known = {}
+    if isinstance(known, dict) and isinstance(known.get(key), list):
+        return [str(t) for t in known[key]]
+    types = default_reftypes(cfg)
+    known = known if isinstance(known, dict) else {}
+    known[key] = types
+    with contextlib.suppress(OSError):  # an unwritable cache only costs the jwst import next time
+        atomic_write_text(path, json.dumps(known, indent=0, sort_keys=True))
+    return types
+
+
+def held_back_units(cfg: SurveyConfig, units: list[WorkUnit], reftypes: list[str] | None = None,
+                    say: Any = None) -> dict[str, str]:
+    """Unit id -> one line naming the bad reference(s) it needs and the fix, for every unit whose
+    references (CRDS and MIRAGE_DATA, everything Mirage and the three pipelines read) do not match
+    their checksum record. Each file is checked once; `say` gets one line per bad file."""
+    from dream_hpc.references.checksums import check_file, fix_for
+
+    types: list[str] | bool = reftypes if reftypes is not None else planned_reftypes(cfg)
+    verdicts: dict[Path, Any] = {}
+    users: dict[Path, list[str]] = {}
+    held: dict[str, str] = {}
+    config = cfg.source or "CONFIG"
+    for _kind, members, files in _unit_kinds(cfg, units, types):
+        bad = []
+        for path, role in files.items():
+            if path not in verdicts:
+                verdicts[path] = check_file(path)
+            if not verdicts[path].ok:
+                bad.append((path, role))
+                users.setdefault(path, []).extend(u.unit_id for u in members)
+        if bad:
+            line = "; ".join(f"reference {p.name} ({role}) is {verdicts[p].problem}; fix: "
+                             f"{fix_for(verdicts[p], config, cfg.references.context)}" for p, role in bad)
+            for u in members:
+                held[u.unit_id] = line
+    if say is not None:
+        for path, ids in users.items():
+            v = verdicts[path]
+            shown = ", ".join(ids[:3]) + (f" and {len(ids) - 3} more" if len(ids) > 3 else "")
+            say(f"reference check: {path}: {v.problem}; fix: {fix_for(v, config, cfg.references.context)}; "
+                f"holding back the {len(ids)} unit(s) that need it ({shown}); the others run")
+    return held
+
+
+def describe_step_references(cfg: SurveyConfig, unit: WorkUnit, stage: str, step: str | None) -> str:
+    """`references of STAGE/STEP: NAME (verifies), ...` for a failed jwst step (empty if unknown)."""
+    from dream_hpc.references import lookup
+    from dream_hpc.references.checksums import check_file
+
+    if stage not in lookup.PIPELINE_CLASSES or not step:
+        return ""
+    cls = lookup.pipeline_class(stage)
+    step_cls = cls.step_defs.get(step)
+    if step_cls is None:
+        return ""
+    types = sorted(set(step_cls.reference_file_types))
+    if not types:
+        return f"references of {step}: none"
+    try:
+        found = lookup.best_references(unit, types)
+    except Exception as e:  # the description must never hide the step's own error
+        return f"references of {step}: not looked up ({e})"
+    shown = ", ".join(check_file(p).short() for _t, p in sorted(found.items()))
+    return f"references of {step}: {shown or 'none (N/A)'}"
