@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -25,8 +26,13 @@ def _footprint_test(catalog: Catalog, unit: WorkUnit, margin_arcsec: float, idx:
     return idx[outside <= allowed]
 
 
-def select_for_unit(catalog: Catalog, unit: WorkUnit, margin_arcsec: float) -> Sources:
-    """Sources on the unit's detector footprint plus `margin_arcsec` (galaxies also + 2 Re)."""
+def select_for_unit(catalog: Any, unit: WorkUnit, margin_arcsec: float) -> Sources:
+    """Sources on the unit's detector footprint plus `margin_arcsec` (galaxies also + 2 Re).
+
+    `catalog` is an in-memory Catalog, or a prepared one (catalog/prepared.py), of which only the
+    rows near the unit are read."""
+    if hasattr(catalog, "near_unit"):
+        catalog = catalog.near_unit(unit, margin_arcsec)
     if not len(catalog.sources):
         return catalog.sources.take(np.zeros(0, int))
     ap = footprint.aperture_name(unit.detector, unit.subarray)

@@ -92,7 +92,7 @@ def _check_groups(units: Sequence[WorkUnit]) -> None:
 
 
 # --- the reference catalog -------------------------------------------------------------------
-def write_reference_catalog(cfg: Any, units: Sequence[WorkUnit], path: Path) -> int:
+def write_reference_catalog(cfg: Any, units: Sequence[WorkUnit], path: Path, run_root: Path | None = None) -> int:
     """ECSV (RA, DEC) of the input catalog's stars on the units' detectors; returns how many.
 
     The footprints are the same aperture outlines the catalog selection used for Mirage, so no
@@ -101,21 +101,22 @@ def write_reference_catalog(cfg: Any, units: Sequence[WorkUnit], path: Path) -> 
     import numpy as np
     from astropy.table import Table
 
-    from dream_hpc.catalog import reader
+    from dream_hpc.catalog import prepared
     from dream_hpc.catalog.selection import select_for_unit
 
-    cat = reader.load_catalog(cfg)
-    rows: set[int] = set()
+    cat = prepared.for_run(cfg, run_root, list(units))  # rows near each exposure only
+    stars: dict[int, tuple[float, float]] = {}
     for unit in units:
         sel = select_for_unit(cat, unit, 0.0)
-        rows.update(int(r) for r in sel.row[sel.is_star])
-    src = cat.sources
-    keep = np.isin(src.row, np.fromiter(rows, int, len(rows)))
-    table = Table({"RA": np.asarray(src.ra[keep], float), "DEC": np.asarray(src.dec[keep], float)})
+        for r, ra, dec in zip(sel.row[sel.is_star], sel.ra[sel.is_star], sel.dec[sel.is_star], strict=True):
+            stars[int(r)] = (float(ra), float(dec))
+    rows = sorted(stars)
+    table = Table({"RA": np.array([stars[r][0] for r in rows], float),
+                   "DEC": np.array([stars[r][1] for r in rows], float)})
     table.meta["comment"] = ["dream-hpc: input-catalog stars on the exposures (local abs_refcat)"]
     with atomic_path(path) as tmp, open(tmp, "w") as f:
         table.write(f, format="ascii.ecsv")
-    return int(keep.sum())
+    return len(rows)
 
 
 # --- tweakreg check --------------------------------------------------------------------------
@@ -244,7 +245,7 @@ def run_mosaic(filter: str, units: Sequence[WorkUnit], ctx: StageContext) -> Sta
     atomic_write_text(asn_path, json.dumps(association(units, cal_paths, run.mosaic), indent=1) + "\n")
 
     refcat: Path | None = run.mosaic / f"{stem}_refcat.ecsv"
-    n_ref = write_reference_catalog(cfg, units, refcat)
+    n_ref = write_reference_catalog(cfg, units, refcat, run.root)
     if n_ref == 0:
         ctx.log.warning("%s: no input-catalog stars on the exposures: tweakreg aligns relatively only", filter)
         refcat = None
