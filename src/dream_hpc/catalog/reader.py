@@ -221,13 +221,15 @@ def _read_rows(cfg: SurveyConfig, filters: list[str], inputs: Inputs, start: int
     with np.errstate(invalid="ignore", divide="ignore"):
         reasons["non-finite position"] = ~(np.isfinite(ra) & np.isfinite(dec))
         reasons["declination outside -90..90"] = np.abs(dec) > 90
+        unmatched = np.zeros(n, bool)
         if inputs.phot_rows is not None:
-            reasons["no photometry row (catalog.join_on)"] = inputs.phot_rows[start:stop] < 0
+            unmatched = inputs.phot_rows[start:stop] < 0
+            reasons["no photometry row (catalog.join_on)"] = unmatched
         for f, m in mags.items():
             if sec.mag_unit == "nJy":  # AB = 31.4 - 2.5 log10(f / nJy); flux <= 0 means no flux
                 m = np.where(m > 0, 31.4 - 2.5 * np.log10(np.where(m > 0, m, 1.0)), np.where(np.isnan(m), np.nan, np.inf))
             reasons.setdefault("NaN magnitude", np.zeros(n, bool))
-            reasons["NaN magnitude"] |= np.isnan(m)
+            reasons["NaN magnitude"] |= np.isnan(m) & ~unmatched  # counted once, as unmatched
             reasons.setdefault(f"magnitude brighter than {MAG_TOO_BRIGHT:g} AB", np.zeros(n, bool))
             reasons[f"magnitude brighter than {MAG_TOO_BRIGHT:g} AB"] |= m < MAG_TOO_BRIGHT
             mags[f] = np.where(m > MAG_UNDETECTED, np.inf, m)
