@@ -51,7 +51,7 @@ from dream_hpc.plan import footprint
 
 log = logging.getLogger("dream_hpc.catalog")
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: one compound "sources" dataset
 CHUNK_ROWS = 1_000_000  # rows per streamed chunk: ~100 MB of columns in flight
 LARGE_RADIUS_ARCSEC = 5.0  # galaxies larger than this go to the always-read pseudo-cell -1
 BIG_CELL = -1
@@ -229,18 +229,22 @@ def _write_sorted(stage_path: Path, out: Path, nside: int, filters: list[str], k
         cell = stage["cell"][:] if n else np.zeros(0, np.int64)
         order = np.argsort(cell, kind="stable")
         cell = cell[order]
-        g = h5.create_group("sources")
-        chunks = (min(max(n, 1), 1 << 14),)
+        # one compound dataset: a lookup reads each row range once, not once per column
         names = [*FIELDS, *(f"mag_{f}" for f in filters)]
+        dtype = np.dtype([(name, stage[name].dtype if n else _EMPTY_DTYPES.get(name, np.float32)) for name in names])
+        table = h5.create_dataset("sources", shape=(n,), dtype=dtype, chunks=(min(max(n, 1), 1 << 13),) if n else None)
+        # column by column (one staged column in memory at a time), written in blocks of the compound
+        block = 1 << 20
         for name in names:
-            data = stage[name][:][order] if n else np.zeros(0, _EMPTY_DTYPES.get(name, np.float32))
-            g.create_dataset(name, data=data, chunks=chunks if n else None)
-            del data
+            col = stage[name][:] if n else np.zeros(0)
+            for a in range(0, n, block):
+                table[a:a + block, name] = col[order[a:a + block]]
+            del col
         cells, starts, counts = np.unique(cell, return_index=True, return_counts=True)
         idx = h5.create_group("index")
         idx["cell"], idx["start"], idx["count"] = cells.astype(np.int64), starts.astype(np.int64), counts.astype(np.int64)
-        gal = ~g["is_star"][:] if n else np.zeros(0, bool)
-        radius = g["radius"][:] if n else np.zeros(0, np.float32)
+        gal = ~stage["is_star"][:] if n else np.zeros(0, bool)
+        radius = stage["radius"][:] if n else np.zeros(0, np.float32)
         h5.attrs.update({
             "format": "dream-hpc prepared catalog", "format_version": FORMAT_VERSION, "key": key,
             "nside": nside, "ordering": "nested", "filters": json.dumps(filters), "n_rows": n,
@@ -311,13 +315,11 @@ class PreparedCatalog:
         return ranges
 
     def read_ranges(self, ranges: list[tuple[int, int]]) -> Sources:
-        def col(name: str) -> np.ndarray:
-            ds = self._data[name]
-            parts = [ds[a:b] for a, b in ranges]
-            return np.concatenate(parts) if parts else ds[0:0]
-
-        arrays = {name: col(name) for name in FIELDS}
-        return Sources(**arrays, mags={f: col(f"mag_{f}") for f in self.filters}, mag_limit=self.mag_limit)
+        parts = [self._data[a:b] for a, b in ranges]
+        rec = np.concatenate(parts) if parts else self._data[0:0]
+        arrays = {name: np.ascontiguousarray(rec[name]) for name in FIELDS}
+        return Sources(**arrays, mags={f: np.ascontiguousarray(rec[f"mag_{f}"]) for f in self.filters},
+                       mag_limit=self.mag_limit)
 
     def near(self, ra: float, dec: float, radius_arcsec: float) -> Catalog:
         """A small in-memory Catalog of the rows in cells within `radius_arcsec` (plus the large galaxies)."""

@@ -26,19 +26,32 @@ def _footprint_test(catalog: Catalog, unit: WorkUnit, margin_arcsec: float, idx:
     return idx[outside <= allowed]
 
 
-def select_for_unit(catalog: Any, unit: WorkUnit, margin_arcsec: float) -> Sources:
-    """Sources on the unit's detector footprint plus `margin_arcsec` (galaxies also + 2 Re).
-
-    `catalog` is an in-memory Catalog, or a prepared one (catalog/prepared.py), of which only the
-    rows near the unit are read."""
-    if hasattr(catalog, "near_unit"):
-        catalog = catalog.near_unit(unit, margin_arcsec)
-    if not len(catalog.sources):
-        return catalog.sources.take(np.zeros(0, int))
+def _search_radius(catalog: Catalog, unit: WorkUnit, margin_arcsec: float) -> float:
     ap = footprint.aperture_name(unit.detector, unit.subarray)
     reach = float(np.hypot(*footprint.outline_ideal(ap).T).max())  # ideal origin = reference point
-    radius = reach + margin_arcsec + GALAXY_EXTENT * catalog.max_galaxy_radius + 1.0
+    return reach + margin_arcsec + GALAXY_EXTENT * catalog.max_galaxy_radius + 1.0
+
+
+def select_for_unit(catalog: Any, unit: WorkUnit, margin_arcsec: float) -> Sources:
+    """Sources on the unit's detector footprint plus `margin_arcsec` (galaxies also + 2 Re), in file-row order.
+
+    `catalog` is an in-memory Catalog (searched through its KD-tree), or a prepared one
+    (catalog/prepared.py), of which only the rows near the unit are read."""
+    if hasattr(catalog, "near_unit"):
+        near = catalog.near_unit(unit, margin_arcsec)
+        src = near.sources
+        if not len(src):
+            return src
+        # a few cells' rows: a dot product beats building a KD-tree for one query
+        centre = footprint.unit_vectors([unit.ra], [unit.dec])[0]
+        cos_r = np.cos(np.deg2rad(_search_radius(near, unit, margin_arcsec) / 3600.0))
+        idx = np.flatnonzero(footprint.unit_vectors(src.ra, src.dec) @ centre >= cos_r)
+        idx = _footprint_test(near, unit, margin_arcsec, idx)
+        return src.take(idx[np.argsort(src.row[idx], kind="stable")])
+    if not len(catalog.sources):
+        return catalog.sources.take(np.zeros(0, int))
     centre = footprint.unit_vectors([unit.ra], [unit.dec])[0]
+    radius = _search_radius(catalog, unit, margin_arcsec)
     idx = np.sort(np.asarray(catalog.tree.query_ball_point(centre, footprint.chord(radius)), dtype=int))
     return catalog.sources.take(_footprint_test(catalog, unit, margin_arcsec, idx))
 
