@@ -315,10 +315,14 @@ class PreparedCatalog:
         return ranges
 
     def read_ranges(self, ranges: list[tuple[int, int]]) -> Sources:
-        parts = [self._data[a:b] for a, b in ranges]
-        rec = np.concatenate(parts) if parts else self._data[0:0]
-        arrays = {name: np.ascontiguousarray(rec[name]) for name in FIELDS}
-        return Sources(**arrays, mags={f: np.ascontiguousarray(rec[f"mag_{f}"]) for f in self.filters},
+        """The rows of `ranges` as Sources (columns are views of one record array read in place)."""
+        rec = np.empty(sum(b - a for a, b in ranges), dtype=self._data.dtype)
+        at = 0
+        for a, b in ranges:
+            if b > a:
+                self._data.read_direct(rec, np.s_[a:b], np.s_[at:at + b - a])
+                at += b - a
+        return Sources(**{name: rec[name] for name in FIELDS}, mags={f: rec[f"mag_{f}"] for f in self.filters},
                        mag_limit=self.mag_limit)
 
     def near(self, ra: float, dec: float, radius_arcsec: float) -> Catalog:

@@ -14,9 +14,39 @@ import numpy as np
 
 from dream_hpc.catalog import prepared
 from dream_hpc.catalog.reader import CatalogError, RowReport
-from dream_hpc.catalog.selection import select_for_unit
+from dream_hpc.catalog.selection import GALAXY_EXTENT, on_outline
 from dream_hpc.config import SurveyConfig
 from dream_hpc.core.workunit import WorkUnit
+from dream_hpc.plan import footprint
+
+
+def _key(u: WorkUnit) -> tuple:
+    return (u.detector, u.subarray, round(u.ra, 9), round(u.dec, 9), round(u.pa_v3, 9))
+
+
+def _sep_arcsec(ra1: float, dec1: float, ra2: float, dec2: float) -> float:
+    v = footprint.unit_vectors([ra1, ra2], [dec1, dec2])
+    return float(np.rad2deg(np.arccos(np.clip(v[0] @ v[1], -1.0, 1.0))) * 3600.0)
+
+
+def _tel(att: np.ndarray, vec: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(v2, v3) arcsec of sky unit vectors (N, 3) under `att`: pysiaf's getv2v3 without its per-call trig."""
+    uv = vec @ att  # = (att^T . v) for every row
+    norm = np.sqrt((uv**2).sum(axis=1))
+    return 3600.0 * np.degrees(np.arctan2(uv[:, 1], uv[:, 0])), 3600.0 * np.degrees(np.arcsin(uv[:, 2] / norm))
+
+
+def _by_exposure(units: list[WorkUnit]) -> list[list[WorkUnit]]:
+    """Distinct footprints grouped by exposure (the detectors observed together)."""
+    groups: dict[tuple, list[WorkUnit]] = {}
+    seen: set[tuple] = set()
+    for u in units:
+        if _key(u) in seen:
+            continue
+        seen.add(_key(u))
+        exposure = (u.program, u.observation, u.visit, u.visit_group, u.sequence, u.activity, u.exposure)
+        groups.setdefault(exposure, []).append(u)
+    return list(groups.values())
 
 
 # --- checking a catalog against the plan -----------------------------------------------------
@@ -58,17 +88,38 @@ def check_catalog(cfg: SurveyConfig, units: list[WorkUnit], prepared_path: Path 
     per_filter: dict[str, np.ndarray] = {}
     stars = np.zeros(n_src, bool)
     bright: dict[str, np.ndarray] = {}
-    by_footprint: dict[tuple, list[WorkUnit]] = {}
+    units_by_key: dict[tuple, set[str]] = {}
     for u in units:
-        key = (u.detector, u.subarray, round(u.ra, 9), round(u.dec, 9), round(u.pa_v3, 9))
-        by_footprint.setdefault(key, []).append(u)
-    for group in by_footprint.values():
-        sel = select_for_unit(cat, group[0], cfg.catalog.margin_arcsec)  # the outline ignores the filter
-        on[sel.row] = True
-        stars[sel.row[sel.is_star]] = True
-        for f in {u.filter for u in group}:
-            per_filter.setdefault(f, np.zeros(n_src, bool))[sel.row] = True
-            bright.setdefault(f, np.zeros(n_src, bool))[sel.row[sel.mags[f] < 24]] = True
+        units_by_key.setdefault(_key(u), set()).add(u.filter)
+    for group in _by_exposure(units):
+        # the detectors of one exposure lie close together: read the rows near them once and make
+        # their unit vectors once; each detector then gets the exact test of selection.select_for_unit
+        # (its own attitude, the same outline predicate), on the rows inside its search disc
+        cra = float(np.mean([u.ra for u in group]))
+        cdec = float(np.mean([u.dec for u in group]))
+        big = min(cat.max_galaxy_radius, prepared.LARGE_RADIUS_ARCSEC)
+        extra = cfg.catalog.margin_arcsec + GALAXY_EXTENT * big + 1.0
+        spread = max(_sep_arcsec(cra, cdec, u.ra, u.dec) + prepared.unit_reach(u) for u in group)
+        near = cat.near(cra, cdec, spread + extra).sources
+        if not len(near):
+            continue
+        vec = footprint.unit_vectors(near.ra, near.dec)
+        for u in group:
+            ap = footprint.aperture_name(u.detector, u.subarray)
+            centre = footprint.unit_vectors([u.ra], [u.dec])[0]
+            # the disc of select_for_unit: the large galaxies (always read) reach by their own size
+            reach = prepared.unit_reach(u) + cfg.catalog.margin_arcsec + GALAXY_EXTENT * cat.max_galaxy_radius + 1.0
+            cand = np.flatnonzero(vec @ centre >= np.cos(np.deg2rad(reach / 3600.0)))
+            v2, v3 = _tel(footprint.unit_attitude(u.ra, u.dec, u.pa_v3, ap), vec[cand])
+            hit = cand[on_outline(ap, v2, v3, near.is_star[cand], near.radius[cand], cfg.catalog.margin_arcsec)]
+            if not len(hit):
+                continue
+            rows = near.row[hit]
+            on[rows] = True
+            stars[rows[near.is_star[hit]]] = True
+            for f in units_by_key[_key(u)]:
+                per_filter.setdefault(f, np.zeros(n_src, bool))[rows] = True
+                bright.setdefault(f, np.zeros(n_src, bool))[rows[near.mags[f][hit] < 24]] = True
     if not on.any():
         span = (f"catalog spans RA {cat.span[0]:.4f}..{cat.span[1]:.4f}, Dec {cat.span[2]:.4f}..{cat.span[3]:.4f}"
                 if cat.span else "catalog has no usable rows")

@@ -8,6 +8,7 @@ them on `catalog.join_on`) and says in one line which file lacks which column an
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -60,6 +61,8 @@ class TableFile:
         self._hdul: Any = None
         self._h5: Any = None
         self._table: Any = None
+        self._raw: Any = None
+        self._block: Any = None
         try:
             if self.kind == "fits":
                 from astropy.io import fits
@@ -71,6 +74,7 @@ class TableFile:
                 self._data = hdu.data
                 self.names = list(hdu.columns.names)
                 self.n_rows = int(hdu.header.get("NAXIS2", 0))
+                self._raw = _raw_layout(hdu, path)
             elif self.kind == "hdf5":
                 import h5py
 
@@ -108,7 +112,9 @@ class TableFile:
     def read(self, name: str, start: int = 0, stop: int | None = None, rows: np.ndarray | None = None) -> np.ndarray:
         """Column `name` (the file's spelling) for rows start..stop, or for the row numbers `rows`."""
         try:
-            if self.kind == "fits":
+            if self.kind == "fits" and self._raw is not None and rows is None:
+                out = self._raw_column(name, start, self.n_rows if stop is None else min(stop, self.n_rows))
+            elif self.kind == "fits":
                 col = self._data.field(name)  # a memory map: only the pages touched are read
                 out = col[rows] if rows is not None else col[start:stop]
             elif self.kind == "hdf5":
@@ -129,6 +135,21 @@ class TableFile:
                                f"{str(e).splitlines()[0] if str(e) else ''}); re-create or re-download it") from None
         return np.array(out)
 
+    def _raw_column(self, name: str, start: int, stop: int) -> np.ndarray:
+        """Rows start..stop of one column straight from the file (why: a memory map of a multi-GB
+        table leaves every page it touched resident, so a streamed pass would hold the whole file)."""
+        offset, dtype, conv = self._raw
+        if self._block is None or self._block[:2] != (start, stop):
+            count = max(stop - start, 0)
+            block = np.fromfile(self.path, dtype=dtype, count=count, offset=offset + start * dtype.itemsize)
+            if len(block) != count:
+                raise OSError(f"truncated: {len(block):,} of {count:,} rows from row {start:,}")
+            self._block = (start, stop, block)
+        raw = self._block[2][name]
+        if conv[name] == "L":
+            return raw == ord("T")
+        return raw.astype(raw.dtype.newbyteorder("="))
+
     def close(self) -> None:
         for handle in (self._hdul, self._h5):
             if handle is not None:
@@ -140,6 +161,29 @@ class TableFile:
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
+
+
+def _raw_layout(hdu: Any, path: Path) -> tuple[int, np.dtype, dict[str, str]] | None:
+    """(data offset, big-endian record dtype, per-column conversions) of a plain binary table, or None
+    (variable-length arrays, ASCII tables, padded rows: read those through astropy's memory map)."""
+    from astropy.io import fits
+
+    if not isinstance(hdu, fits.BinTableHDU) or any("P" in c.format or "Q" in c.format or c.bscale is not None
+                                                     or c.bzero is not None for c in hdu.columns):
+        return None  # scaled (e.g. unsigned) columns: astropy's conversion is the reference
+    fields = []
+    for name in hdu.columns.names:
+        dt = hdu.columns.dtype[name]
+        base, shape = (dt.subdtype if dt.subdtype else (dt, ()))
+        base = base.newbyteorder(">") if base.kind in "iufc" and base.itemsize > 1 else base
+        fields.append((name, base, shape) if shape else (name, base))
+    dtype = np.dtype(fields)
+    if dtype.itemsize != int(hdu.header.get("NAXIS1", -1)):
+        return None
+    offset = int(hdu.fileinfo()["datLoc"])
+    if offset + dtype.itemsize * int(hdu.header.get("NAXIS2", 0)) > os.path.getsize(path):
+        raise OSError("the table is shorter than its header says (truncated)")
+    return offset, dtype, {c.name: str(c.format)[-1] for c in hdu.columns}
 
 
 def _shown(names: list[str]) -> str:
