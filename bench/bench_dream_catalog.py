@@ -21,6 +21,7 @@ and prints the ratios whole / prepared. Nothing here is a timed test.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -111,10 +112,8 @@ def peak_mb() -> float:
 
 
 def reset_peak() -> None:
-    try:
+    with contextlib.suppress(OSError):
         Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS
-    except OSError:
-        pass
 
 
 def sample_units(cfg, k: int):
@@ -139,6 +138,7 @@ def child(mode: str, config: str, prepared_path: str, k: int) -> dict:
     reset_peak()
     out: dict = {"mode": mode, "baseline_rss_mb": base}
     t0 = time.perf_counter()
+    c0 = time.process_time()
     if mode == "prepare":
         res = prepared.prepare(cfg, units, Path(prepared_path))
         out.update(seconds=time.perf_counter() - t0, rows=res.n_rows, source_rows=res.report.n_rows)
@@ -170,6 +170,7 @@ def child(mode: str, config: str, prepared_path: str, k: int) -> dict:
             n_sel.append(len(sel))
         out.update(per_unit_s=float(np.mean(times)), rows_selected_mean=float(np.mean(n_sel)),
                    checksum=int(np.sum(n_sel)))
+    out["cpu_s"] = time.process_time() - c0
     out["peak_rss_mb"] = peak_mb()
     out["catalog_peak_mb"] = out["peak_rss_mb"] - base
     return out
@@ -185,7 +186,8 @@ def run_child(mode: str, config: Path, prepared_path: Path, k: int, env: dict) -
 
 
 def timed_cli(args: list[str], env: dict) -> tuple[float, float, str]:
-    """Wall seconds and peak RSS (MB, from wait4) of one `dream-hpc` command."""
+    """Wall seconds and peak RSS (MB, from wait4) of one `dream-hpc` command (CPU seconds printed too:
+    on a shared machine the wall time includes waiting for a core)."""
     t0 = time.perf_counter()
     p = subprocess.Popen([sys.executable, "-m", "dream_hpc", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                          text=True, env=env, cwd=ROOT)
@@ -194,6 +196,8 @@ def timed_cli(args: list[str], env: dict) -> tuple[float, float, str]:
     out = p.stdout.read() if p.stdout else ""
     if os.waitstatus_to_exitcode(status) != 0:
         raise SystemExit(f"dream-hpc {' '.join(args)} failed:\n{p.stderr.read() if p.stderr else ''}")
+    print(f"    [{' '.join(args[:2])}: {usage.ru_utime + usage.ru_stime:.1f} s CPU, {wall:.1f} s wall, "
+          f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores]")
     return wall, usage.ru_maxrss / 1024.0, out
 
 
@@ -235,9 +239,11 @@ def main() -> int:
         assert lookup["checksum"] == whole["checksum"], "prepared and whole-catalog selections differ"
         print(f"per unit, prepared: {lookup['per_unit_s'] * 1e3:7.1f} ms (max {lookup['per_unit_max_s'] * 1e3:.0f} ms), "
               f"{lookup['rows_read_mean']:,.0f} rows read (max {lookup['rows_read_max']:,}), "
-              f"rank catalog memory {lookup['catalog_peak_mb']:.0f} MB (open {lookup['open_s'] * 1e3:.0f} ms)")
+              f"rank catalog memory {lookup['catalog_peak_mb']:.0f} MB (open {lookup['open_s'] * 1e3:.0f} ms; "
+              f"{lookup['cpu_s'] / args.units * 1e3:.1f} ms CPU per unit)")
         print(f"per unit, whole:    {whole['per_unit_s'] * 1e3:7.1f} ms after a {whole['load_s']:.1f} s load "
-              f"+ {whole['tree_s']:.1f} s KD-tree, rank catalog memory {whole['catalog_peak_mb']:.0f} MB")
+              f"+ {whole['tree_s']:.1f} s KD-tree, rank catalog memory {whole['catalog_peak_mb']:.0f} MB "
+              f"({whole['cpu_s']:.0f} s CPU in all)")
         print(f"ratios whole/prepared: memory {whole['catalog_peak_mb'] / max(lookup['catalog_peak_mb'], 1):.0f}x, "
               f"first unit {(whole['load_s'] + whole['tree_s'] + whole['per_unit_s']) / (lookup['open_s'] + lookup['per_unit_s']):.0f}x, "
               f"per unit {whole['per_unit_s'] / lookup['per_unit_s']:.2f}x")
