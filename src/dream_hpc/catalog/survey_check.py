@@ -24,11 +24,6 @@ def _key(u: WorkUnit) -> tuple:
     return (u.detector, u.subarray, round(u.ra, 9), round(u.dec, 9), round(u.pa_v3, 9))
 
 
-def _sep_arcsec(ra1: float, dec1: float, ra2: float, dec2: float) -> float:
-    v = footprint.unit_vectors([ra1, ra2], [dec1, dec2])
-    return float(np.rad2deg(np.arccos(np.clip(v[0] @ v[1], -1.0, 1.0))) * 3600.0)
-
-
 def _tel(att: np.ndarray, vec: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(v2, v3) arcsec of sky unit vectors (N, 3) under `att`: pysiaf's getv2v3 without its per-call trig."""
     uv = vec @ att  # = (att^T . v) for every row
@@ -36,16 +31,15 @@ def _tel(att: np.ndarray, vec: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return 3600.0 * np.degrees(np.arctan2(uv[:, 1], uv[:, 0])), 3600.0 * np.degrees(np.arcsin(uv[:, 2] / norm))
 
 
-def _by_exposure(units: list[WorkUnit]) -> list[list[WorkUnit]]:
-    """Distinct footprints grouped by exposure (the detectors observed together)."""
+def _by_visit(units: list[WorkUnit]) -> list[list[WorkUnit]]:
+    """Distinct footprints grouped by visit (its dithers and detectors lie close together)."""
     groups: dict[tuple, list[WorkUnit]] = {}
     seen: set[tuple] = set()
     for u in units:
         if _key(u) in seen:
             continue
         seen.add(_key(u))
-        exposure = (u.program, u.observation, u.visit, u.visit_group, u.sequence, u.activity, u.exposure)
-        groups.setdefault(exposure, []).append(u)
+        groups.setdefault((u.program, u.observation, u.visit), []).append(u)
     return list(groups.values())
 
 
@@ -91,16 +85,13 @@ def check_catalog(cfg: SurveyConfig, units: list[WorkUnit], prepared_path: Path 
     units_by_key: dict[tuple, set[str]] = {}
     for u in units:
         units_by_key.setdefault(_key(u), set()).add(u.filter)
-    for group in _by_exposure(units):
-        # the detectors of one exposure lie close together: read the rows near them once and make
-        # their unit vectors once; each detector then gets the exact test of selection.select_for_unit
-        # (its own attitude, the same outline predicate), on the rows inside its search disc
-        cra = float(np.mean([u.ra for u in group]))
-        cdec = float(np.mean([u.dec for u in group]))
-        big = min(cat.max_galaxy_radius, prepared.LARGE_RADIUS_ARCSEC)
-        extra = cfg.catalog.margin_arcsec + GALAXY_EXTENT * big + 1.0
-        spread = max(_sep_arcsec(cra, cdec, u.ra, u.dec) + prepared.unit_reach(u) for u in group)
-        near = cat.near(cra, cdec, spread + extra).sources
+    big = min(cat.max_galaxy_radius, prepared.LARGE_RADIUS_ARCSEC)
+    extra = cfg.catalog.margin_arcsec + GALAXY_EXTENT * big + 1.0
+    for group in _by_visit(units):
+        # the exposures of one visit (dithers, filter pairs) overlap almost entirely: read the cells near
+        # its detectors once and make their unit vectors once; each detector then gets the exact test of
+        # selection.select_for_unit (its own attitude, the same outline predicate) on its search disc
+        near = cat.near_all([(u.ra, u.dec, prepared.unit_reach(u) + extra) for u in group]).sources
         if not len(near):
             continue
         vec = footprint.unit_vectors(near.ra, near.dec)
