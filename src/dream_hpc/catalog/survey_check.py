@@ -109,8 +109,10 @@ def check_catalog(cfg: SurveyConfig, units: list[WorkUnit], prepared_path: Path 
             on[rows] = True
             stars[rows[near.is_star[hit]]] = True
             for f in units_by_key[_key(u)]:
-                per_filter.setdefault(f, np.zeros(n_src, bool))[rows] = True
-                bright.setdefault(f, np.zeros(n_src, bool))[rows[near.mags[f][hit] < 24]] = True
+                if f not in per_filter:  # (not setdefault: that would allocate n_src bools every call)
+                    per_filter[f], bright[f] = np.zeros(n_src, bool), np.zeros(n_src, bool)
+                per_filter[f][rows] = True
+                bright[f][rows[near.mags[f][hit] < 24]] = True
     if not on.any():
         span = (f"catalog spans RA {cat.span[0]:.4f}..{cat.span[1]:.4f}, Dec {cat.span[2]:.4f}..{cat.span[3]:.4f}"
                 if cat.span else "catalog has no usable rows")
