@@ -38,10 +38,11 @@ $(KIT)/.built: $(BIN)/.installed $(shell find src/dream_hpc/refkit -name '*.py' 
 
 kit: $(KIT)/.built
 
-DEMO_CATALOG := build/demo/catalog.ecsv
+# The demo's mock catalog in DREaM's layout: main table + photometry table (config/demo.yaml names both).
+DEMO_CATALOG := build/demo/dream_main.fits
 
 $(DEMO_CATALOG): $(BIN)/.installed $(DEMO_CONFIG)
-	$(BIN)/dream-hpc catalog synth $(DEMO_CONFIG) --out $@
+	$(BIN)/dream-hpc catalog synth $(DEMO_CONFIG) --out $@ --overwrite
 
 demo: $(KIT)/.built $(DEMO_CATALOG)
 	$(BIN)/dream-hpc survey $(DEMO_CONFIG) --out $(DEMO_RUN)

@@ -23,10 +23,15 @@ DEMO = ROOT / "config" / "demo.yaml"
 
 
 def demo_like(kit: Path, catalog: Path, **sections: dict[str, Any]) -> dict[str, Any]:
-    """config/demo.yaml pointed at `kit` and `catalog`, with `sections` merged over it (one level deep)."""
+    """config/demo.yaml pointed at `kit` and `catalog`, with `sections` merged over it (one level deep).
+
+    A .fits `catalog` is DREaM's layout, as the demo's: it and `<stem>_photometry.fits` beside it; any
+    other suffix is one table holding the magnitudes too."""
     cfg = yaml.safe_load(DEMO.read_text())
     cfg["references"].update(crds_path=str(kit / "crds_cache"), mirage_data=str(kit / "mirage_data"))
     cfg["catalog"]["path"] = str(catalog)
+    cfg["catalog"]["photometry"] = (str(catalog.with_name(f"{catalog.stem}_photometry.fits"))
+                                    if catalog.suffix == ".fits" else "")
     for name, values in sections.items():
         merged = copy.deepcopy(cfg.get(name, {}))
         merged.update(values)
@@ -73,7 +78,7 @@ def run_survey(directory: Path, cfg: dict[str, Any]) -> SurveyRun:
 def chain_run(tmp_path_factory: pytest.TempPathFactory, kit: Path) -> SurveyRun:
     """A tiny survey: one tile, two dithers, NRCB1 only (2 units in F150W), a short readout."""
     d = tmp_path_factory.mktemp("chain")
-    cfg = demo_like(kit, d / "catalog.ecsv",
+    cfg = demo_like(kit, d / "dream_main.fits",
                     pointings={"rows": 1, "cols": 1, "dither": {"points": 2, "step_arcsec": 1.0, "pattern": "line"}},
                     instrument={"detectors": ["NRCB1"], "readout": {"readpatt": "BRIGHT2", "ngroups": 4, "nints": 1}})
     return run_survey(d, cfg)
@@ -83,5 +88,5 @@ def chain_run(tmp_path_factory: pytest.TempPathFactory, kit: Path) -> SurveyRun:
 def science_run(tmp_path_factory: pytest.TempPathFactory, kit: Path) -> SurveyRun:
     """The demo's exposures and readout on one tile: 3 dithers x (NRCB1 F150W + NRCB5 F277W) = 6 units."""
     d = tmp_path_factory.mktemp("science")
-    cfg = demo_like(kit, d / "catalog.ecsv", pointings={"rows": 1, "cols": 1})
+    cfg = demo_like(kit, d / "dream_main.fits", pointings={"rows": 1, "cols": 1})
     return run_survey(d, cfg)

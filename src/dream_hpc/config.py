@@ -60,21 +60,24 @@ class SurveySection:
 
 @dataclass
 class CatalogColumns:
-    """Catalog column names, DREaM-like by default; `mag` is a template with {filter}.
+    """Catalog column names, DREaM's own by default; `mag` is a template with {filter}.
 
-    DREaM's public column names could not be checked offline: map your file's names here
+    DREaM (Drakos et al. 2022) as its author reads it: a main table with RA, Dec (deg), redshift,
+    R_eff (semi-major half-light radius, physical kpc), q (b/a), n_s (Sersic index), PA (radians)
+    and a row-aligned photometry table with AB magnitudes named like JWST_nircam_F150W. Names
+    match case-insensitively (JWST_NIRCam_F150W is found too); map other catalogs' names here
     (`dream-hpc catalog check` names any column it cannot find and this key).
     """
 
-    id: str = "ID"
+    id: str = "ID"  # optional: absent means the row number (DREaM has none)
     ra: str = "RA"
-    dec: str = "DEC"
+    dec: str = "Dec"
     redshift: str = "redshift"
-    mag: str = "NRC_{filter}"  # AB magnitude per filter, e.g. NRC_F150W
-    sersic: str = "sersic_n"
-    radius: str = "Re_arcsec"  # effective (half-light) radius along the major axis, arcsec
-    axis_ratio: str = "axis_ratio"  # b/a
-    position_angle: str = "PA"  # degrees East of North
+    mag: str = "JWST_nircam_{filter}"  # AB magnitude per filter (main or photometry table)
+    sersic: str = "n_s"
+    radius: str = "R_eff"  # half-light radius along the semi-major axis (catalog.radius_unit)
+    axis_ratio: str = "q"  # b/a
+    position_angle: str = "PA"  # of the semi-major axis, East of North (catalog.pa_unit)
     is_star: str = "is_star"  # optional boolean column; absent means all galaxies
 
 
@@ -91,17 +94,27 @@ class CatalogSynth:
 
 @dataclass
 class CatalogSection:
-    path: str = "catalog.ecsv"  # FITS, HDF5 or ECSV; relative paths are relative to the config file
+    path: str = "catalog.fits"  # main table: FITS, HDF5 or ECSV; relative paths are relative to the config file
+    # Optional second table with the magnitudes (DREaM ships one): row-aligned with `path`, or joined
+    # on the column `join_on` present in both. Empty: the magnitudes are in the main table.
+    photometry: str = ""
+    join_on: str = ""
     format: str = "auto"  # auto | fits | hdf5 | ecsv
     hdf5_dataset: str = "catalog"
     columns: CatalogColumns = field(default_factory=CatalogColumns)
     margin_arcsec: float = 3.0  # sources this far outside a detector still get simulated (PSF wings)
     mag_limit: float = 29.0  # fainter sources are not simulated
-    # Units of the mapped columns. DREaM stores the semi-major half-light radius in kpc and is centred
-    # on RA = Dec = 0 (Drakos' notes): set radius_unit: kpc and recenter: true for the original file.
-    radius_unit: str = "arcsec"  # arcsec | kpc (kpc is converted with the redshift, Planck 2018)
+    # Units of the mapped columns, DREaM's by default: radii in physical kpc (converted to arcsec with
+    # the redshift in `cosmology`), PA in radians, AB magnitudes.
+    radius_unit: str = "kpc"  # kpc | arcsec
+    pa_unit: str = "rad"  # rad | deg
     mag_unit: str = "ABmag"  # ABmag | nJy (flux columns are converted to AB magnitudes)
-    recenter: bool = False  # true: move the catalog's centre onto pointings.center_ra/dec (tangent plane)
+    cosmology: str = "Planck18"  # an astropy.cosmology realization (kpc -> arcsec); recorded with the run
+    # DREaM is centred on RA = Dec = 0. recenter: true moves the catalog from `recenter_from` onto
+    # pointings.center_ra/dec as a rotation of the sphere (gnomonic projection about one, back about the other).
+    recenter: bool = False
+    recenter_from: tuple[float, float] = (0.0, 0.0)
+    prepared_nside: int = 4096  # HEALPix cells (nested) of the prepared catalog: 4096 = 0.86' cells
     synth: CatalogSynth = field(default_factory=CatalogSynth)
 
 
@@ -462,6 +475,16 @@ def validate(cfg: SurveyConfig) -> None:
         raise ConfigError(f"pointings.overlap: {p.overlap} must be in 0..0.9 (fraction of a tile)")
     if min(p.step_arcsec) < 0:
         raise ConfigError("pointings.step_arcsec: tile spacing cannot be negative (0 = automatic)")
+    if cfg.catalog.pa_unit not in ("rad", "deg"):
+        raise ConfigError(f"catalog.pa_unit: {cfg.catalog.pa_unit!r} (choose rad or deg)")
+    nside = cfg.catalog.prepared_nside
+    if nside < 1 or nside & (nside - 1) or nside > 2**20:
+        raise ConfigError(f"catalog.prepared_nside: {nside} (a power of 2 up to 2**20, e.g. 4096)")
+    if cfg.catalog.cosmology not in ("Planck13", "Planck15", "Planck18", "WMAP9", "WMAP7", "WMAP5"):
+        raise ConfigError(f"catalog.cosmology: {cfg.catalog.cosmology!r} (choose an astropy realization: "
+                          "Planck18, Planck15, Planck13, WMAP9, WMAP7 or WMAP5)")
+    if "{filter}" not in cfg.catalog.columns.mag:
+        raise ConfigError(f"catalog.columns.mag: {cfg.catalog.columns.mag!r} has no {{filter}} (e.g. JWST_nircam_{{filter}})")
     if cfg.catalog.format not in ("auto", "fits", "hdf5", "ecsv"):
         raise ConfigError(f"catalog.format: {cfg.catalog.format!r} (choose auto, fits, hdf5 or ecsv)")
     ctx = cfg.references.context

@@ -22,8 +22,18 @@ ROOT = Path(__file__).resolve().parents[2]
 DEMO = ROOT / "config" / "demo.yaml"
 
 
-def config(tmp_path: Path, catalog_path: Path, **sections: dict[str, Any]) -> Any:
+# A COSMOS2020-like single table in its own names and units, read through the column map (the
+# defaults are DREaM's names and units: tests/test_catalog_dream.py).
+LEGACY = {"columns": {"id": "ID", "ra": "RA", "dec": "DEC", "redshift": "redshift", "mag": "NRC_{filter}",
+                      "sersic": "sersic_n", "radius": "Re_arcsec", "axis_ratio": "axis_ratio",
+                      "position_angle": "PA", "is_star": "is_star"},
+          "photometry": "", "radius_unit": "arcsec", "pa_unit": "deg", "recenter": False}
+
+
+def config(tmp_path: Path, catalog_path: Path, legacy: bool = True, **sections: dict[str, Any]) -> Any:
     data = yaml.safe_load(DEMO.read_text())
+    if legacy:
+        data["catalog"].update(LEGACY)
     data["catalog"]["path"] = str(catalog_path)
     for name, values in sections.items():
         data[name] = {**data.get(name, {}), **values}
@@ -199,7 +209,7 @@ def test_dream_units_kpc_and_recentring(tmp_path: Path) -> None:
     kpc_per_arcsec = 1.0 / Planck18.arcsec_per_kpc_proper(np.asarray(t["redshift"])).value
     t["Re_arcsec"] = np.asarray(t["Re_arcsec"]) * kpc_per_arcsec
     t.write(tmp_path / "dream.ecsv")
-    cfg = config(tmp_path, tmp_path / "dream.ecsv", catalog={"radius_unit": "kpc", "recenter": True})
+    cfg = config(tmp_path, tmp_path / "dream.ecsv", catalog={**LEGACY, "radius_unit": "kpc", "recenter": True})
     s = reader.load_catalog(cfg).sources
     assert abs(np.median(s.ra) - 150.1163) < 0.002 and abs(np.median(s.dec) - 2.2010) < 0.002
     gal = ~s.is_star

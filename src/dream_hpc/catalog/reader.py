@@ -1,10 +1,15 @@
 """The source catalog: DREaM reader, column map, unit conversions and the bad-row report.
 
-`load_catalog(cfg)` reads the catalog once per process (FITS, HDF5 or ECSV; columns mapped in
-`catalog.columns`), skips bad rows with a one-line report, and indexes positions in a KD-tree on
-unit vectors. `select_for_unit` then hands each exposure only the sources on its detector
-footprint (plus `catalog.margin_arcsec`), and `write_mirage_catalogs` writes Mirage's point-source
-and galaxy lists for it. The DREaM-like mock lives in `catalog_synth`.
+`load_catalog(cfg)` reads the catalog once per process (FITS, HDF5 or ECSV; DREaM's main table
+plus its optional photometry table, `catalog.photometry`; columns mapped in `catalog.columns`, any
+case), converts DREaM's units (R_eff kpc -> arcsec with the redshift in `catalog.cosmology`, PA
+radians -> degrees, an optional `recenter`), skips bad rows with a one-line report, and indexes
+positions in a KD-tree on unit vectors. `read_sources` does the same for a row range, which is how
+`catalog/prepared.py` streams a survey-size catalog into its spatially sorted HDF5 (what the runs
+read). The files themselves (main + photometry table, the column map) are `catalog/tables.py`;
+`selection.select_for_unit` hands each exposure only the sources on its detector footprint (plus
+`catalog.margin_arcsec`), and `selection.write_mirage_catalogs` writes Mirage's point-source and
+galaxy lists for it. The DREaM-layout mock lives in `catalog/synth.py`.
 
 Mirage conventions (checked in mirage 2.5.0's catalog_seed_image and astropy's Sersic2D): galaxy
 `radius` is the half-light radius along the semi-major axis in arcsec (Sersic2D `r_eff`; do not
@@ -17,6 +22,7 @@ its index in every exposure).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,8 +30,17 @@ from typing import Any
 
 import numpy as np
 
+from dream_hpc.catalog.tables import (  # noqa: F401 (re-exported: the catalog's public names)
+    FORMATS,
+    CatalogError,
+    Inputs,
+    TableFile,
+    detect_format,
+    filters_in,
+    missing_column,
+    open_inputs,
+)
 from dream_hpc.config import SurveyConfig
-from dream_hpc.core.errors import UserError
 from dream_hpc.plan import footprint
 
 log = logging.getLogger("dream_hpc.catalog")
@@ -34,15 +49,7 @@ log = logging.getLogger("dream_hpc.catalog")
 MAG_TOO_BRIGHT = 5.0  # AB; brighter than this in a deep field is a placeholder, not a source
 MAG_UNDETECTED = 40.0  # AB; fainter (or +inf, or flux <= 0) means "no flux in this filter", not a bad row
 SERSIC_RANGE = (0.1, 10.0)  # what Mirage/astropy Sersic2D can render sensibly
-FORMATS = {".fits": "fits", ".fit": "fits", ".fits.gz": "fits", ".fz": "fits", ".h5": "hdf5",
-           ".hdf5": "hdf5", ".he5": "hdf5", ".ecsv": "ecsv"}
-
-
 RADIUS_MAX_KPC = 1000.0  # half-light radii beyond this are not galaxies (see read_sources)
-
-
-class CatalogError(UserError):
-    """A catalog problem the user can fix (missing file or column, empty footprint), as one line."""
 
 
 # --- the in-memory catalog -------------------------------------------------------------------
@@ -83,9 +90,27 @@ class RowReport:
     n_faint: int = 0
     mag_limit: float = np.inf
     reasons: dict[str, int] = field(default_factory=dict)
+    photometry: str = ""  # the second table, when there is one
+    columns: dict[str, str] = field(default_factory=dict)  # config key -> "file:column" as found
+    filters_available: list[str] = field(default_factory=list)  # filters the file has magnitudes for
+
+    def add(self, other: RowReport) -> None:
+        """Fold the report of another chunk of the same catalog into this one."""
+        self.n_rows += other.n_rows
+        self.n_good += other.n_good
+        self.n_bad += other.n_bad
+        self.n_faint += other.n_faint
+        for k, v in other.reasons.items():
+            self.reasons[k] = self.reasons.get(k, 0) + v
+
+    def to_dict(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        out["mag_limit"] = float(self.mag_limit)
+        return out
 
     def line(self) -> str:
-        text = f"catalog {self.path}: {self.n_rows:,} rows, {self.n_good:,} usable"
+        both = f" + {self.photometry}" if self.photometry else ""
+        text = f"catalog {self.path}{both}: {self.n_rows:,} rows, {self.n_good:,} usable"
         if self.n_bad:
             why = ", ".join(f"{k}: {v:,}" for k, v in sorted(self.reasons.items(), key=lambda kv: -kv[1]))
             text += f"; skipped {self.n_bad:,} bad rows ({why})"
@@ -110,140 +135,113 @@ class Catalog:
             self._tree = cKDTree(footprint.unit_vectors(self.sources.ra, self.sources.dec))
         return self._tree
 
-    @property
+    @functools.cached_property
     def max_galaxy_radius(self) -> float:
+        """Once per catalog (why: recomputed per unit, this max over every row was most of a
+        16-million-row `catalog check`)."""
         gal = ~self.sources.is_star
         return float(self.sources.radius[gal].max()) if gal.any() else 0.0
 
 
-# --- reading ---------------------------------------------------------------------------------
-def detect_format(path: Path, fmt: str = "auto") -> str:
-    """fits | hdf5 | ecsv, from `catalog.format`, the suffix, or the file's first bytes."""
-    if fmt != "auto":
-        return fmt
-    name = path.name.lower()
-    for suffix, kind in FORMATS.items():
-        if name.endswith(suffix):
-            return kind
-    head = path.open("rb").read(16)
-    if head.startswith(b"SIMPLE"):
-        return "fits"
-    if head.startswith(b"\x89HDF"):
-        return "hdf5"
-    if head.startswith(b"# %ECSV"):
-        return "ecsv"
-    raise CatalogError(f"catalog.path: cannot tell the format of {path} (name it .fits, .h5 or .ecsv, "
-                       "or set catalog.format)")
-
-
-def _read_columns(path: Path, kind: str, dataset: str, wanted: list[str]) -> tuple[dict[str, np.ndarray], list[str]]:
-    """The `wanted` columns that exist (as arrays) and every column name the file has."""
-    if kind == "fits":
-        from astropy.io import fits
-
-        with fits.open(path, memmap=True) as hdul:
-            hdu = next((h for h in hdul if isinstance(h, fits.BinTableHDU | fits.TableHDU)), None)
-            if hdu is None:
-                raise CatalogError(f"catalog.path: {path} has no table extension (is it an image?)")
-            names = list(hdu.columns.names)
-            return {c: np.array(hdu.data[c]) for c in wanted if c in names}, names
-    if kind == "hdf5":
-        import h5py
-
-        with h5py.File(path, "r") as h5:
-            if dataset not in h5:
-                raise CatalogError(f"catalog.hdf5_dataset: {dataset!r} not in {path} (it has: "
-                                   f"{', '.join(h5.keys())}); set catalog.hdf5_dataset")
-            node = h5[dataset]
-            if isinstance(node, h5py.Group):  # one dataset per column
-                names = list(node.keys())
-                return {c: np.array(node[c]) for c in wanted if c in names}, names
-            names = list(node.dtype.names or [])  # a compound table (astropy's HDF5 writer)
-            return {c: np.array(node[c]) for c in wanted if c in names}, names
-    from astropy.table import Table
-
-    table = Table.read(path, format="ascii.ecsv")
-    return {c: np.asarray(table[c]) for c in wanted if c in table.colnames}, list(table.colnames)
-
-
-def _require(columns: dict[str, np.ndarray], names: list[str], name: str, key: str, path: Path,
-             what: str = "") -> np.ndarray:
-    if name not in columns:
-        shown = ", ".join(names[:12]) + (", ..." if len(names) > 12 else "")
-        raise CatalogError(f"catalog.columns.{key}: column {name!r}{what} not in {path} (it has: {shown}); "
-                           f"map the right name in catalog.columns.{key}")
-    return columns[name]
-
-
-def _kpc_to_arcsec(radius_kpc: np.ndarray, z: np.ndarray) -> np.ndarray:
-    from astropy.cosmology import Planck18
+# --- reading and converting ----------------------------------------------------------------
+@functools.lru_cache(maxsize=8)
+def _arcsec_per_kpc_grid(cosmology: str) -> tuple[np.ndarray, np.ndarray]:
+    import astropy.cosmology
 
     grid = np.geomspace(1e-4, 30.0, 3000)  # interpolate: the full cosmology integral per row is slow
-    scale = Planck18.arcsec_per_kpc_proper(grid).value
+    return grid, getattr(astropy.cosmology, cosmology).arcsec_per_kpc_proper(grid).value
+
+
+def _kpc_to_arcsec(radius_kpc: np.ndarray, z: np.ndarray, cosmology: str = "Planck18") -> np.ndarray:
+    """Physical (proper) kpc at redshift z to arcsec, in the named astropy cosmology."""
+    grid, scale = _arcsec_per_kpc_grid(cosmology)
     return radius_kpc * np.interp(z, grid, scale)
 
 
-def read_sources(cfg: SurveyConfig, filters: list[str]) -> tuple[Sources, RowReport]:
-    """Read, convert and clean the configured catalog for `filters`; never raises on bad rows."""
-    sec, col = cfg.catalog, cfg.catalog.columns
-    path = cfg.resolve(sec.path)
-    if not path.is_file():
-        raise CatalogError(f"catalog.path: {path} not found (make a mock with `dream-hpc catalog synth CONFIG "
-                           f"--out {path}` or point catalog.path at the DREaM file)")
-    kind = detect_format(path, sec.format)
-    mag_cols = {f: col.mag.format(filter=f) for f in filters}
-    wanted = [col.id, col.ra, col.dec, col.redshift, col.sersic, col.radius, col.axis_ratio,
-              col.position_angle, col.is_star, *mag_cols.values()]
+PA_DEGREE_SPAN = 2 * np.pi + 1e-6  # |PA| beyond this cannot be radians
+
+
+def _check_pa_unit(pa: np.ndarray, galaxies: np.ndarray, unit: str, where: str) -> None:
+    """A whole-column unit mistake is one line with the fix, not a catalog of rotated galaxies."""
+    vals = np.abs(pa[galaxies & np.isfinite(pa)])
+    if not len(vals):
+        return
+    if unit == "rad" and vals.max() > PA_DEGREE_SPAN:
+        raise CatalogError(f"catalog.pa_unit: column {where} holds values up to {vals.max():.4g}, beyond 2 pi, "
+                           "so they are degrees, not radians; set catalog.pa_unit: deg")
+    if unit == "deg" and len(vals) >= 20 and vals.max() <= PA_DEGREE_SPAN and np.ptp(vals) > 0.5:
+        raise CatalogError(f"catalog.pa_unit: column {where} holds only values within 2 pi (max "
+                           f"{vals.max():.4g}) over {len(vals):,} galaxies, so they are radians, not degrees; "
+                           "set catalog.pa_unit: rad")
+
+
+def read_sources(cfg: SurveyConfig, filters: list[str], inputs: Inputs | None = None,
+                 start: int = 0, stop: int | None = None) -> tuple[Sources, RowReport]:
+    """Read, convert and clean rows start..stop of the configured catalog for `filters`.
+
+    Bad rows are counted and skipped, never raised; a missing file or column, or a whole-column
+    unit mistake, is one CatalogError line."""
+    own = inputs is None
+    if inputs is None:
+        inputs = open_inputs(cfg, filters)
     try:
-        data, names = _read_columns(path, kind, sec.hdf5_dataset, wanted)
-    except CatalogError:
-        raise
-    except Exception as e:  # truncated or corrupt files raise many different errors
-        raise CatalogError(f"catalog.path: {path} is not a readable {kind.upper()} table ({type(e).__name__}: "
-                           f"{str(e).splitlines()[0] if str(e) else ''}); re-create or re-download it") from None
+        return _read_rows(cfg, filters, inputs, start, inputs.n_rows if stop is None else min(stop, inputs.n_rows))
+    finally:
+        if own:
+            inputs.close()
 
-    from dream_hpc.catalog import column_checks
 
-    column_checks.check_units(column_checks.declared_units(path, kind),
-                              {"ra": col.ra, "dec": col.dec, "radius": col.radius,
-                               **{f"mag:{f}": c for f, c in mag_cols.items()}}, sec.radius_unit, sec.mag_unit, CatalogError)
-    ra = _require(data, names, col.ra, "ra", path).astype(float)
-    dec = _require(data, names, col.dec, "dec", path).astype(float)
+def _read_rows(cfg: SurveyConfig, filters: list[str], inputs: Inputs, start: int, stop: int) -> tuple[Sources, RowReport]:
+    sec, col = cfg.catalog, cfg.catalog.columns
+    has = inputs.columns
+    main = inputs.main
+    ra = inputs.read("ra", start, stop).astype(float)
+    dec = inputs.read("dec", start, stop).astype(float)
     n = len(ra)
-    is_star = data[col.is_star].astype(bool) if col.is_star in data else np.zeros(n, bool)
+    is_star = inputs.read("is_star", start, stop).astype(bool) if "is_star" in has else np.zeros(n, bool)
     galaxies = ~is_star
-    any_gal = bool(galaxies.any())
 
-    def gal_col(name: str, key: str) -> np.ndarray:
-        if not any_gal and name not in data:
+    def gal_col(key: str) -> np.ndarray:
+        if key in has:
+            return inputs.read(key, start, stop).astype(float)
+        if not galaxies.any():
             return np.zeros(n)
-        return _require(data, names, name, key, path, " (needed for galaxies)").astype(float)
+        raise missing_column(main, getattr(col, key), key, " (needed for galaxies)")
 
-    redshift = data[col.redshift].astype(float) if col.redshift in data else np.full(n, np.nan)
-    if sec.radius_unit == "kpc" and col.redshift not in data:
-        _require(data, names, col.redshift, "redshift", path, " (needed to convert radius_unit kpc)")
-    sersic, radius = gal_col(col.sersic, "sersic"), gal_col(col.radius, "radius")
-    axis_ratio, pa = gal_col(col.axis_ratio, "axis_ratio"), gal_col(col.position_angle, "position_angle")
-    ids = data[col.id] if col.id in data else np.arange(1, n + 1)
-    if col.id in data:
-        column_checks.check_ids(ids, col.id, path, CatalogError)
-    mags = {f: _require(data, names, c, "mag", path, f" (for {f})").astype(float) for f, c in mag_cols.items()}
+    if sec.radius_unit == "kpc" and galaxies.any() and "redshift" not in has:
+        raise missing_column(main, col.redshift, "redshift", " (needed to convert radius_unit kpc)")
+    redshift = inputs.read("redshift", start, stop).astype(float) if "redshift" in has else np.full(n, np.nan)
+    sersic, radius = gal_col("sersic"), gal_col("radius")
+    axis_ratio, pa = gal_col("axis_ratio"), gal_col("position_angle")
+    if "position_angle" in has:
+        _check_pa_unit(pa, galaxies, sec.pa_unit, f"{has['position_angle'][1]!r} in {has['position_angle'][0].path}")
+    ids = inputs.read("id", start, stop) if "id" in has else np.arange(start + 1, stop + 1)
+    mags = {f: inputs.read(f"mag:{f}", start, stop).astype(float) for f in filters}
+    if "id" in has:
+        from dream_hpc.catalog import column_checks
+
+        column_checks.check_ids(ids, col.id, main.path, CatalogError)  # duplicates within one read chunk
 
     reasons: dict[str, np.ndarray] = {}
     with np.errstate(invalid="ignore", divide="ignore"):
         reasons["non-finite position"] = ~(np.isfinite(ra) & np.isfinite(dec))
         reasons["declination outside -90..90"] = np.abs(dec) > 90
+        unmatched = np.zeros(n, bool)
+        if inputs.phot_rows is not None:
+            unmatched = inputs.phot_rows[start:stop] < 0
+            reasons["no photometry row (catalog.join_on)"] = unmatched
         for f, m in mags.items():
             if sec.mag_unit == "nJy":  # AB = 31.4 - 2.5 log10(f / nJy); flux <= 0 means no flux
                 m = np.where(m > 0, 31.4 - 2.5 * np.log10(np.where(m > 0, m, 1.0)), np.where(np.isnan(m), np.nan, np.inf))
             reasons.setdefault("NaN magnitude", np.zeros(n, bool))
-            reasons["NaN magnitude"] |= np.isnan(m)
+            reasons["NaN magnitude"] |= np.isnan(m) & ~unmatched  # counted once, as unmatched
             reasons.setdefault(f"magnitude brighter than {MAG_TOO_BRIGHT:g} AB", np.zeros(n, bool))
             reasons[f"magnitude brighter than {MAG_TOO_BRIGHT:g} AB"] |= m < MAG_TOO_BRIGHT
             mags[f] = np.where(m > MAG_UNDETECTED, np.inf, m)
         morph_nan = ~(np.isfinite(sersic) & np.isfinite(radius) & np.isfinite(axis_ratio) & np.isfinite(pa))
         if sec.radius_unit == "kpc":
             morph_nan |= ~np.isfinite(redshift)
+            reasons["redshift <= 0 (radius in kpc needs it)"] = galaxies & (redshift <= 0)
         reasons["NaN morphology"] = galaxies & morph_nan
         reasons["radius <= 0"] = galaxies & (radius <= 0)
         # a galaxy a degree (or a Mpc) across is a unit mix-up, and would overflow Mirage's stamps
@@ -258,31 +256,37 @@ def read_sources(cfg: SurveyConfig, filters: list[str]) -> tuple[Sources, RowRep
     faint = ~bad & ~(brightest <= sec.mag_limit)
     keep = ~bad & ~faint
 
-    if sec.radius_unit == "kpc":
-        radius = np.where(galaxies, _kpc_to_arcsec(radius, np.nan_to_num(redshift, nan=1.0)), radius)
-    if sec.recenter and n:
-        ra, dec = _recenter(ra, dec, keep, cfg.pointings.center_ra, cfg.pointings.center_dec)
+    idx = np.flatnonzero(keep)
+    ra, dec, redshift, radius, pa = ra[idx], dec[idx], redshift[idx], radius[idx], pa[idx]
+    gal = galaxies[idx]
+    if sec.radius_unit == "kpc":  # never circularised: Mirage wants the semi-major r_eff (ellipticity = 1 - q)
+        radius = np.where(gal, _kpc_to_arcsec(radius, np.nan_to_num(redshift, nan=1.0), sec.cosmology), radius)
+    if sec.pa_unit == "rad":
+        pa = np.rad2deg(pa)
+    if sec.recenter and len(idx):
+        ra, dec = recenter(ra, dec, sec.recenter_from, (cfg.pointings.center_ra, cfg.pointings.center_dec))
 
-    report = RowReport(path=str(path), n_rows=n, n_good=int(keep.sum()), n_bad=int(bad.sum()),
+    report = RowReport(path=str(main.path), n_rows=n, n_good=int(keep.sum()), n_bad=int(bad.sum()),
                        n_faint=int(faint.sum()), mag_limit=sec.mag_limit,
                        reasons={k: int(v.sum()) for k, v in reasons.items() if v.any()})
-    idx = np.flatnonzero(keep)
     f32 = np.float32  # why: a DREaM-size catalog is tens of millions of rows; positions stay float64
-    sources = Sources(row=idx, id=np.asarray(ids)[idx], ra=ra[idx] % 360.0, dec=dec[idx],
-                      redshift=redshift[idx].astype(f32), sersic=sersic[idx].astype(f32),
-                      radius=radius[idx].astype(f32), axis_ratio=axis_ratio[idx].astype(f32),
-                      pa=(pa[idx] % 360.0).astype(f32), is_star=is_star[idx],  # same angle, fits float32
+    sources = Sources(row=idx + start, id=np.asarray(ids)[idx], ra=ra % 360.0, dec=dec,
+                      redshift=redshift.astype(f32), sersic=sersic[idx].astype(f32),
+                      radius=radius.astype(f32), axis_ratio=axis_ratio[idx].astype(f32),
+                      pa=(pa % 360.0).astype(f32), is_star=is_star[idx],
                       mags={f: m[idx].astype(f32) for f, m in mags.items()}, mag_limit=sec.mag_limit)
     return sources, report
 
 
-def _recenter(ra: np.ndarray, dec: np.ndarray, keep: np.ndarray, ra0: float, dec0: float) -> tuple[np.ndarray, np.ndarray]:
-    """Move the catalog's centre onto (ra0, dec0) keeping its tangent-plane geometry (DREaM sits at 0, 0)."""
-    v = footprint.unit_vectors(ra[keep], dec[keep]).mean(axis=0)
-    c_ra, c_dec = np.rad2deg(np.arctan2(v[1], v[0])) % 360.0, np.rad2deg(np.arcsin(v[2] / np.linalg.norm(v)))
-    x, y = footprint.tangent_offsets(np.nan_to_num(ra), np.nan_to_num(dec), c_ra, c_dec)
-    new_ra, new_dec = footprint.from_tangent(x, y, ra0, dec0)
-    return np.where(keep, new_ra, ra), np.where(keep, new_dec, dec)
+def recenter(ra: np.ndarray, dec: np.ndarray, source: tuple[float, float],
+             target: tuple[float, float]) -> tuple[np.ndarray, np.ndarray]:
+    """Move positions from the catalog centre `source` to `target` (deg) keeping the tangent-plane geometry.
+
+    Gnomonic projection about `source`, then back about `target`: together a rotation of the sphere
+    (distances and shapes are kept; north stays north at the centre), unlike the plain RA/Dec shift
+    DREaM's author used, which shears a field away from the equator by cos(dec)."""
+    x, y = footprint.tangent_offsets(ra, dec, float(source[0]), float(source[1]))
+    return footprint.from_tangent(x, y, float(target[0]), float(target[1]))
 
 
 _CACHE: dict[tuple, Catalog] = {}
@@ -294,19 +298,43 @@ def survey_filters(cfg: SurveyConfig) -> list[str]:
     return pointings.survey_filters(cfg)
 
 
+def source_stamp(cfg: SurveyConfig) -> tuple:
+    """(path, mtime, size) of the catalog's file(s): what a cached or prepared copy is keyed on."""
+    out = []
+    for rel in (cfg.catalog.path, cfg.catalog.photometry):
+        if not rel:
+            continue
+        path = cfg.resolve(rel)
+        try:
+            st = path.stat()
+            out.append((str(path), st.st_mtime_ns, st.st_size))
+        except OSError:
+            out.append((str(path),))
+    return tuple(out)
+
+
+def describe(inputs: Inputs, report: RowReport, template: str) -> RowReport:
+    """Fill in what the report says about the files themselves (columns found, filters available)."""
+    report.photometry = str(inputs.phot.path) if inputs.phot is not inputs.main else ""
+    report.columns = inputs.mapped()
+    report.filters_available = filters_in(inputs.phot, template)
+    if inputs.phot is not inputs.main:
+        report.filters_available = sorted(set(report.filters_available) | set(filters_in(inputs.main, template)))
+    return report
+
+
 def load_catalog(cfg: SurveyConfig, filters: list[str] | None = None) -> Catalog:
-    """The configured catalog, read once per process (cached on path, mtime and the catalog settings)."""
+    """The whole configured catalog in memory, read once per process (cached on the files and settings).
+
+    For a survey-size catalog use the prepared catalog instead (`catalog/prepared.py`): it reads only
+    the rows near one unit."""
     filters = sorted(set(filters or survey_filters(cfg)))
-    path = cfg.resolve(cfg.catalog.path)
-    try:
-        st = path.stat()
-        stamp: tuple = (st.st_mtime_ns, st.st_size)
-    except OSError:
-        stamp = ()
-    key = (str(path), stamp, repr(cfg.catalog), tuple(filters), cfg.pointings.center_ra, cfg.pointings.center_dec)
+    key = (source_stamp(cfg), repr(cfg.catalog), tuple(filters), cfg.pointings.center_ra, cfg.pointings.center_dec)
     if key not in _CACHE:
-        sources, report = read_sources(cfg, filters)
+        with open_inputs(cfg, filters) as inputs:
+            sources, report = read_sources(cfg, filters, inputs)
+            describe(inputs, report, cfg.catalog.columns.mag)
         (log.warning if report.n_bad else log.info)(report.line())
         _CACHE.clear()  # one catalog per process: a new config replaces the old one
-        _CACHE[key] = Catalog(path=path, sources=sources, report=report)
+        _CACHE[key] = Catalog(path=cfg.resolve(cfg.catalog.path), sources=sources, report=report)
     return _CACHE[key]

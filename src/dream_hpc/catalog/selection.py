@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -14,25 +15,59 @@ GALAXY_EXTENT = 2.0  # galaxies within margin + 2 Re of a detector still put lig
 
 
 # --- spatial selection -----------------------------------------------------------------------
+def on_outline(ap: str, v2: np.ndarray, v3: np.ndarray, is_star: np.ndarray, radius: np.ndarray,
+               margin_arcsec: float) -> np.ndarray:
+    """Which telescope-frame positions (v2, v3 arcsec) are on aperture `ap` grown by the margin (galaxies
+    also by GALAXY_EXTENT x their radius): the one predicate of every selection."""
+    x, y = footprint.tel_to_idl(ap, v2, v3)
+    allowed = margin_arcsec + np.where(is_star, 0.0, GALAXY_EXTENT * radius)
+    points, outline = np.column_stack([x, y]), footprint.outline_ideal(ap)
+    # only points within the outline's bounding box grown by the largest allowance need the exact distance
+    grow = float(allowed.max()) if len(allowed) else 0.0
+    lo, hi = outline.min(axis=0) - grow, outline.max(axis=0) + grow
+    near = np.all((points >= lo) & (points <= hi), axis=1)
+    outside = np.full(len(points), np.inf)
+    outside[near] = footprint.distance_outside(points[near], outline)
+    return outside <= allowed
+
+
 def _footprint_test(catalog: Catalog, unit: WorkUnit, margin_arcsec: float, idx: np.ndarray) -> np.ndarray:
     """Of candidate indices `idx`, those on the unit's aperture outline grown by the margin."""
     src = catalog.sources
     ap = footprint.aperture_name(unit.detector, unit.subarray)
     att = footprint.unit_attitude(unit.ra, unit.dec, unit.pa_v3, ap)
-    x, y = footprint.to_ideal(ap, att, src.ra[idx], src.dec[idx])
-    allowed = margin_arcsec + np.where(src.is_star[idx], 0.0, GALAXY_EXTENT * src.radius[idx])
-    outside = footprint.distance_outside(np.column_stack([x, y]), footprint.outline_ideal(ap))
-    return idx[outside <= allowed]
+    v2, v3 = footprint.tel_of(att, src.ra[idx], src.dec[idx])
+    return idx[on_outline(ap, v2, v3, src.is_star[idx], src.radius[idx], margin_arcsec)]
 
 
-def select_for_unit(catalog: Catalog, unit: WorkUnit, margin_arcsec: float) -> Sources:
-    """Sources on the unit's detector footprint plus `margin_arcsec` (galaxies also + 2 Re)."""
-    if not len(catalog.sources):
-        return catalog.sources.take(np.zeros(0, int))
+def _search_radius(catalog: Catalog, unit: WorkUnit, margin_arcsec: float) -> float:
     ap = footprint.aperture_name(unit.detector, unit.subarray)
     reach = float(np.hypot(*footprint.outline_ideal(ap).T).max())  # ideal origin = reference point
-    radius = reach + margin_arcsec + GALAXY_EXTENT * catalog.max_galaxy_radius + 1.0
+    return reach + margin_arcsec + GALAXY_EXTENT * catalog.max_galaxy_radius + 1.0
+
+
+def select_for_unit(catalog: Any, unit: WorkUnit, margin_arcsec: float) -> Sources:
+    """Sources on the unit's detector footprint plus `margin_arcsec` (galaxies also + 2 Re), in file-row order.
+
+    `catalog` is an in-memory Catalog (searched through its KD-tree), or a prepared one
+    (catalog/prepared.py), of which only the rows near the unit are read."""
+    if hasattr(catalog, "near_unit"):
+        near = catalog.near_unit(unit, margin_arcsec)
+        src = near.sources
+        if not len(src):
+            return src
+        # a few cells' rows: a conservative RA/Dec box around the search disc (no trigonometry per
+        # row, no KD-tree built for one query), then the exact outline test
+        r = _search_radius(near, unit, margin_arcsec) / 3600.0
+        cos_dec = np.cos(np.deg2rad(min(abs(unit.dec) + r, 89.999)))
+        dra = np.abs((src.ra - unit.ra + 180.0) % 360.0 - 180.0)
+        idx = np.flatnonzero((np.abs(src.dec - unit.dec) <= r) & (dra * cos_dec <= r))
+        idx = _footprint_test(near, unit, margin_arcsec, idx)
+        return src.take(idx[np.argsort(src.row[idx], kind="stable")])
+    if not len(catalog.sources):
+        return catalog.sources.take(np.zeros(0, int))
     centre = footprint.unit_vectors([unit.ra], [unit.dec])[0]
+    radius = _search_radius(catalog, unit, margin_arcsec)
     idx = np.sort(np.asarray(catalog.tree.query_ball_point(centre, footprint.chord(radius)), dtype=int))
     return catalog.sources.take(_footprint_test(catalog, unit, margin_arcsec, idx))
 

@@ -5,7 +5,11 @@ redshift, a simple SED (continuum slope, Balmer and Lyman breaks) giving colours
 filters, a size-magnitude relation, and a disk/bulge mix of Sersic indices and axis ratios. Stars
 follow `catalog.synth.star_density_arcmin2` and `star_mag_range` and are flagged `is_star`.
 Everything is drawn from one generator seeded by the survey seed, and written in the config's
-catalog column names and units, so `load_catalog` reads the mock exactly as it reads DREaM.
+catalog column names and units, in DREaM's layout when the config reads DREaM's layout: a main
+FITS table (RA, Dec, redshift, R_eff in kpc, q, n_s, PA in radians) centred on (0, 0) when
+`catalog.recenter` is set, plus the row-aligned photometry table `catalog.photometry`
+(JWST_nircam_<filter> AB magnitudes). So the demo and the tests go through the reader path a
+real DREaM file takes. `--out x.ecsv` with no `catalog.photometry` writes one hand-editable table.
 
 The model is deliberately simple: it is a test scene with realistic densities, not a galaxy
 formation model.
@@ -135,6 +139,11 @@ def synthesize(cfg: SurveyConfig, units: list[WorkUnit]) -> Any:
     n_g, n = int(keep.sum()), int(keep.sum()) + n_star
     xy = rng.uniform([x0, y0], [x1, y1], size=(n, 2))
     ra, dec = footprint.from_tangent(xy[:, 0], xy[:, 1], ra0, dec0)
+    if cfg.catalog.recenter:  # written where the catalog says it is (DREaM: on 0, 0); the reader moves it back
+        from dream_hpc.catalog.reader import recenter
+
+        ra, dec = recenter(ra, dec, (cfg.pointings.center_ra, cfg.pointings.center_dec), cfg.catalog.recenter_from)
+        ra = np.where(ra > 180.0, ra - 360.0, ra)  # DREaM's RA runs -0.5..0.5 about 0
     table = Table()
     table[col.id] = np.arange(1, n + 1)
     table[col.ra] = ra
@@ -156,31 +165,42 @@ def synthesize(cfg: SurveyConfig, units: list[WorkUnit]) -> Any:
 
 def _to_config_units(table: Any, cfg: SurveyConfig) -> None:
     """Write radii and magnitudes in the units the config says the catalog uses (so it reads back)."""
+    from dream_hpc.catalog.reader import _kpc_to_arcsec
+
     col = cfg.catalog.columns
     if cfg.catalog.radius_unit == "kpc":
-        from astropy.cosmology import Planck18
-
-        z = np.maximum(np.asarray(table[col.redshift], float), 1e-3)
-        table[col.radius] = (np.asarray(table[col.radius]) / Planck18.arcsec_per_kpc_proper(z).value).astype(np.float32)
+        z = np.asarray(table[col.redshift], float)
+        gal = ~np.asarray(table[col.is_star], bool)
+        z = np.where(gal, np.maximum(z, 1e-3), 1.0)  # stars: a placeholder redshift (their radius is 0)
+        table[col.redshift] = np.where(gal, z, 0.0)
+        per_kpc = _kpc_to_arcsec(np.ones(len(z)), z, cfg.catalog.cosmology)
+        table[col.radius] = (np.asarray(table[col.radius], float) / per_kpc).astype(np.float32)
+    if cfg.catalog.pa_unit == "rad":
+        table[col.position_angle] = np.deg2rad(np.asarray(table[col.position_angle], float)).astype(np.float32)
     if cfg.catalog.mag_unit == "nJy":
         for name in list(table.colnames):
             if name.startswith(col.mag.split("{")[0]) and name != col.is_star:
                 table[name] = (10 ** (-0.4 * (np.asarray(table[name], float) - 31.4))).astype(np.float32)
 
 
-def write_table(table: Any, path: str | Path, cfg: SurveyConfig) -> Path:
-    """Write the mock as ECSV, FITS or HDF5 (by suffix), atomically."""
+def _write_one(table: Any, path: Path, cfg: SurveyConfig) -> Path:
     from dream_hpc.catalog.reader import CatalogError, detect_format
     from dream_hpc.core.rundir import atomic_path
 
-    path = Path(path)
     name = path.name.lower()
     if not any(name.endswith(s) for s in (".ecsv", ".fits", ".fit", ".h5", ".hdf5")):
         raise CatalogError(f"{path}: choose a .ecsv, .fits or .h5 file name for the mock catalog")
     kind = detect_format(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp:
         if kind == "fits":
-            table.write(tmp, format="fits", overwrite=True)
+            import warnings
+
+            from astropy.io.fits.verify import VerifyWarning
+
+            with warnings.catch_warnings():  # long provenance keywords become HIERARCH cards: intended
+                warnings.simplefilter("ignore", VerifyWarning)
+                table.write(tmp, format="fits", overwrite=True)
         elif kind == "hdf5":
             table.write(tmp, format="hdf5", path=cfg.catalog.hdf5_dataset, overwrite=True, serialize_meta=True)
         else:
@@ -189,3 +209,29 @@ def write_table(table: Any, path: str | Path, cfg: SurveyConfig) -> Path:
         os.umask(umask)
         tmp.chmod(0o666 & ~umask)  # a shared input: readable by the group, unlike mkstemp's 0600
     return path
+
+
+def split_photometry(table: Any, cfg: SurveyConfig) -> tuple[Any, Any]:
+    """DREaM's two tables: (main without magnitudes and ids, photometry with only the magnitudes)."""
+    col = cfg.catalog.columns
+    head, _, tail = col.mag.partition("{filter}")
+    mags = [c for c in table.colnames if c.startswith(head) and c.endswith(tail) and c != col.is_star]
+    main = table[[c for c in table.colnames if c not in mags and c != col.id]]
+    phot = table[mags]
+    for t in (main, phot):
+        t.meta = dict(table.meta)
+    return main, phot
+
+
+def write_table(table: Any, path: str | Path, cfg: SurveyConfig, photometry: str | Path | None = None) -> list[Path]:
+    """Write the mock atomically (ECSV, FITS or HDF5 by suffix): one table, or DREaM's pair.
+
+    `photometry` (default: the config's `catalog.photometry`, if set) receives the magnitudes and
+    `path` the rest, row-aligned, as DREaM is distributed."""
+    path = Path(path)
+    if photometry is None and cfg.catalog.photometry:
+        photometry = cfg.resolve(cfg.catalog.photometry)
+    if not photometry:
+        return [_write_one(table, path, cfg)]
+    main, phot = split_photometry(table, cfg)
+    return [_write_one(main, path, cfg), _write_one(phot, Path(photometry), cfg)]

@@ -46,7 +46,7 @@ def science_checks(cfg: SurveyConfig, run: RunDir, view: RunView, filters: set[s
                      step_times=m.data.get("step_times", {}), log=log)
         t0 = time.monotonic()
         try:
-            check = science.check_filter(cfg, filt, run.root / extra["i2d"], run.root / extra["cat"])
+            check = science.check_filter(cfg, filt, run.root / extra["i2d"], run.root / extra["cat"], run.root)
             check.update(science_truth.alignment_check(cfg, run, view, filt, extra.get("tweakreg") or {}, check))
             figure = run.figures / f"science_{filt.lower()}.png"
             science.figure([check], figure)

@@ -51,25 +51,28 @@ def check_same_config(run: RunDir, cfg: SurveyConfig, anything_done: bool = True
                         f"{shown}{more}; resume with the same config, or use a new --out")
 
 
-def plan_units(cfg: SurveyConfig) -> list[WorkUnit]:
-    """The work units, with the catalog checked against their footprint and Mirage's references found."""
+def plan_units(cfg: SurveyConfig, prepared_catalog: Path | None = None) -> list[WorkUnit]:
+    """The work units, with the catalog checked against their footprint and Mirage's references found.
+
+    The check prepares the survey's catalog once (catalog/prepared.py) into `prepared_catalog`: the
+    units then read only the rows near their detector from it."""
     from dream_hpc.stages.preflight import check_inputs, plan_and_check
 
     check_inputs(cfg)
     # Step overrides and the pipelines' references are checked by each worker at start-up
     # (stages/chain.check_before_compute), where jwst is imported anyway: importing it here would delay every rank's first
     # unit by seconds.
-    units, _ = plan_and_check(cfg, pipelines=False)
+    units, _ = plan_and_check(cfg, pipelines=False, prepared_path=prepared_catalog)
     return units
 
 
 def write_footprint(cfg: SurveyConfig, run: RunDir, units: list[WorkUnit]) -> None:
     """figures/footprint.png (as `dream-hpc plan --out` writes it); a figure never stops a run."""
     try:
-        from dream_hpc.catalog import reader
+        from dream_hpc.catalog import prepared
         from dream_hpc.plan.figure import footprint_png
 
-        sources = reader.load_catalog(cfg, sorted({u.filter for u in units})).sources  # cached: already read
+        sources = prepared.for_run(cfg, run.root, units).everything().sources
         footprint_png(cfg, units, run.figures / "footprint.png", (sources.ra, sources.dec))
     except Exception as e:
         logging.getLogger("dream_hpc").warning("footprint.png not written: %s: %s", type(e).__name__, e)
@@ -120,7 +123,9 @@ def prepare(cfg: SurveyConfig, out: Path, mosaic: bool = True, compute_units: bo
     check_same_config(run, cfg, anything_done)
     if not anything_done:
         run.plan.unlink(missing_ok=True)  # planned from a config that never produced anything
-    units = plan_units(cfg)
+    from dream_hpc.catalog.prepared import RUN_FILE
+
+    units = plan_units(cfg, run.root / RUN_FILE)  # prepares the catalog once, before any unit (resumable)
     if not units:
         raise UserError(f"{cfg.source}: the plan has no units (check pointings, detectors and filter_pairs)")
     record_plan(run, cfg, units)

@@ -157,13 +157,15 @@ def distance_outside(points: np.ndarray, polygon: np.ndarray) -> np.ndarray:
     from matplotlib.path import Path as MplPath
 
     inside = MplPath(polygon).contains_points(points)
-    d = np.full(len(points), np.inf)
+    out = np.zeros(len(points))
+    pts = points[~inside]  # the distance is only needed outside
+    d = np.full(len(pts), np.inf)
     for a, b in zip(polygon, np.roll(polygon, -1, axis=0), strict=True):
         ab = b - a
-        t = np.clip(((points - a) @ ab) / (ab @ ab), 0.0, 1.0)
-        d = np.minimum(d, np.hypot(*(points - (a + t[:, None] * ab)).T))
-    d[inside] = 0.0
-    return d
+        t = np.clip(((pts - a) @ ab) / (ab @ ab), 0.0, 1.0)
+        d = np.minimum(d, np.hypot(*(pts - (a + t[:, None] * ab)).T))
+    out[~inside] = d
+    return out
 
 
 # --- tangent-plane helpers for plotting and synthetic footprints ------------------------------

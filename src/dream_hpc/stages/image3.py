@@ -94,11 +94,12 @@ def _check_groups(units: Sequence[WorkUnit]) -> None:
 
 
 # --- the reference catalog -------------------------------------------------------------------
-def write_reference_catalog(cfg: Any, units: Sequence[WorkUnit], path: Path) -> dict[str, Any]:
+def write_reference_catalog(cfg: Any, units: Sequence[WorkUnit], path: Path,
+                            run_root: Path | None = None) -> dict[str, Any]:
     """The local abs_refcat (stages/reference_catalog.py: the truth with Gaia- or HST-like errors)."""
     from dream_hpc.stages.reference_catalog import write_reference_catalog as write
 
-    return write(cfg, units, path)
+    return write(cfg, units, path, run_root)
 
 
 # --- tweakreg check --------------------------------------------------------------------------
@@ -227,7 +228,7 @@ def run_mosaic(filter: str, units: Sequence[WorkUnit], ctx: StageContext) -> Sta
     atomic_write_text(asn_path, json.dumps(association(units, cal_paths, run.mosaic), indent=1) + "\n")
 
     refcat: Path | None = run.mosaic / f"{stem}_refcat.ecsv"
-    refcat_info = write_reference_catalog(cfg, units, refcat)
+    refcat_info = write_reference_catalog(cfg, units, refcat, run.root)
     n_ref = refcat_info["n"]
     if n_ref == 0:
         ctx.log.warning("%s: no reference-catalog sources on the exposures: tweakreg aligns relatively only", filter)

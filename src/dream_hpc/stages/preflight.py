@@ -95,18 +95,22 @@ def load_offline(config_path: str | Path, validate_overrides: bool = True) -> Su
     return cfg
 
 
-def plan_and_check(cfg: SurveyConfig, pipelines: bool = True) -> tuple[list[WorkUnit], Any]:
+def plan_and_check(cfg: SurveyConfig, pipelines: bool = True,
+                   prepared_path: Any = None) -> tuple[list[WorkUnit], Any]:
     """The work units and the catalog check (counts on the footprint); refuses an empty footprint.
 
     `pipelines=False` leaves out the references of the jwst pipelines, which need jwst imported to
-    list (seconds): the engine's workers check those at start-up, where jwst is imported anyway."""
+    list (seconds): the engine's workers check those at start-up, where jwst is imported anyway.
+    `prepared_path`: where the prepared catalog goes (a run's RUN/catalog/prepared.h5)."""
     from dream_hpc.catalog.survey_check import check_catalog
     from dream_hpc.plan.pointings import make_plan
 
     units = make_plan(cfg)
     if not units:
         raise UserError("the plan has no work units (check pointings and instrument)")
-    check = check_catalog(cfg, units)  # one-line CatalogError if missing, unreadable or off-footprint
+    # prepares the catalog (reused while unchanged) into `prepared_path` or the user cache; one-line
+    # CatalogError if missing, unreadable or off-footprint
+    check = check_catalog(cfg, units, prepared_path)
     check_references(cfg, units, pipelines)
     return units, check
 

@@ -38,18 +38,20 @@ def position_error_mas(cfg: Any, mag: np.ndarray) -> np.ndarray:
     return lo * (hi / lo) ** frac
 
 
-def write_reference_catalog(cfg: Any, units: Sequence[WorkUnit], path: Path) -> dict[str, Any]:
+def write_reference_catalog(cfg: Any, units: Sequence[WorkUnit], path: Path,
+                            run_root: Path | None = None) -> dict[str, Any]:
     """ECSV (RA, DEC in deg; the truth displaced by the catalog's errors) of the reference sources
     on the units' detectors; returns what it holds (n, kind, band, median error, density)."""
     from astropy.table import Table
 
-    from dream_hpc.catalog import reader
+    from dream_hpc.catalog import prepared, reader
     from dream_hpc.catalog.selection import select_for_unit
     from dream_hpc.plan import footprint
 
     rc = cfg.simulation.reference_catalog
-    cat = reader.load_catalog(cfg)
-    src = cat.sources
+    # the run's prepared catalog (rows near these exposures only) when there is one
+    cat = prepared.for_run(cfg, run_root, list(units)) if run_root is not None else reader.load_catalog(cfg)
+    src = (cat.everything() if isinstance(cat, prepared.PreparedCatalog) else cat).sources
     band = reference_band(cfg)
     rows: set[int] = set()
     area_arcsec2 = 0.0

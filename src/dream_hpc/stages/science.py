@@ -29,10 +29,13 @@ MIN_STARS_FOR_HEADLINE = 5  # fewer matched stars than this: the residual uses a
 
 
 # --- the input catalog -----------------------------------------------------------------------
-def input_catalog(cfg: Any) -> Any:
-    """The input catalog's usable rows (`dream_hpc.catalog.Sources`: ra, dec, is_star, mags[filter])."""
-    from dream_hpc.catalog import reader
+def input_catalog(cfg: Any, run_root: Path | None = None) -> Any:
+    """The input catalog's usable rows (`dream_hpc.catalog.Sources`: ra, dec, is_star, mags[filter]):
+    those of the run's prepared catalog (already cut to the survey footprint) when there is one."""
+    from dream_hpc.catalog import prepared, reader
 
+    if run_root is not None and (Path(run_root) / prepared.RUN_FILE).is_file():
+        return prepared.open_prepared(Path(run_root) / prepared.RUN_FILE).everything().sources
     return reader.load_catalog(cfg).sources
 
 
@@ -136,13 +139,13 @@ def _apertures(cat_meta: dict[str, Any], pixel_arcsec: float) -> tuple[float, fl
 
 
 # --- the check -------------------------------------------------------------------------------
-def check_filter(cfg: Any, filter_: str, i2d: Path, cat: Path) -> dict[str, Any]:
+def check_filter(cfg: Any, filter_: str, i2d: Path, cat: Path, run_root: Path | None = None) -> dict[str, Any]:
     """Match the Image3 catalog of one filter to the input catalog; numbers for summary.json."""
     from astropy.table import Table
     from stdatamodels.jwst import datamodels
 
     filt = filter_.upper()
-    sky = input_catalog(cfg)
+    sky = input_catalog(cfg, run_root)
     if filt not in sky.mags:
         raise ValueError(f"input catalog has no {filt} magnitudes (check catalog.columns.mag)")
     out = Table.read(cat, format="ascii.ecsv")

@@ -187,7 +187,7 @@ def _rel(run: Any, path: Path) -> str:
 def simulate_unit(unit: WorkUnit, ctx: StageContext) -> StageResult:
     """Write the Mirage inputs for `unit`, run Mirage in process, leave `<unit>_uncal.fits`."""
     from dream_hpc import refkit
-    from dream_hpc.catalog import reader
+    from dream_hpc.catalog import prepared
     from dream_hpc.catalog.selection import select_for_unit, write_mirage_catalogs
 
     cfg, run = ctx.cfg, ctx.run
@@ -196,8 +196,9 @@ def simulate_unit(unit: WorkUnit, ctx: StageContext) -> StageResult:
     inputs_dir = run.unit_inputs(unit.unit_id)
     inputs_dir.mkdir(parents=True, exist_ok=True)
 
-    # sources that fall on this detector (with a margin for PSF wings)
-    sources = select_for_unit(reader.load_catalog(cfg), unit, cfg.catalog.margin_arcsec)
+    # sources that fall on this detector (with a margin for PSF wings), read from the prepared
+    # catalog through its cell index: a rank never holds the whole catalog
+    sources = select_for_unit(prepared.for_run(cfg, run.root, [unit]), unit, cfg.catalog.margin_arcsec)
     # the true pointing: Mirage keeps the nominal one (headers) and draws the sky moved by the error
     error = pointing_error.draw(cfg, unit)
     catalogs = write_mirage_catalogs(pointing_error.rendered_sources(error, unit, sources), unit, inputs_dir)
