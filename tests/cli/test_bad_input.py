@@ -205,8 +205,17 @@ def _base_table() -> Any:
                   "axis_ratio": rng.uniform(0.3, 1.0, n), "PA": rng.uniform(0, 180, n), "is_star": is_star})
 
 
+# The generated catalogs are one plain table in the pre-DREaM names and units: the column map that reads
+# them (a user's own catalog goes through the same map).
+PLAIN_CATALOG = {"photometry": "", "radius_unit": "arcsec", "pa_unit": "deg", "recenter": False,
+                 "columns": {"id": "ID", "ra": "RA", "dec": "DEC", "mag": "NRC_{filter}", "sersic": "sersic_n",
+                             "radius": "Re_arcsec", "axis_ratio": "axis_ratio", "position_angle": "PA",
+                             "is_star": "is_star"}}
+
+
 def _cfg_for(path: Path, **catalog: Any) -> SurveyConfig:
     data = yaml.safe_load(DEMO.read_text())
+    data["catalog"].update(PLAIN_CATALOG)
     data["catalog"]["path"] = str(path)
     data["catalog"].update(catalog)
     return parse_config(yaml.safe_dump(data), path.parent / "survey.yaml")
@@ -394,6 +403,7 @@ def test_catalog_check_command_end_to_end(tmp_path: Path, kind: str) -> None:
     if kind == "truncated fits":
         path.write_bytes(path.read_bytes()[:5000])
     data = yaml.safe_load(DEMO.read_text())
+    data["catalog"].update(PLAIN_CATALOG)
     data["catalog"]["path"] = str(path)
     data["references"].update(crds_path=str(ROOT / "build/refkit/crds_cache"), mirage_data=str(ROOT / "build/refkit/mirage_data"))
     config = tmp_path / "survey.yaml"

@@ -281,6 +281,7 @@ def open_inputs(cfg: SurveyConfig, filters: list[str]) -> Inputs:
                 raise CatalogError(f"catalog.photometry: {phot.path} has {phot.n_rows:,} rows but {main.path} has "
                                    f"{main.n_rows:,}; the two must be row-aligned (the same galaxies in the same "
                                    "order), or set catalog.join_on to an id column present in both")
+        _check_declared_units(sec, columns)
         return Inputs(main=main, phot=phot, columns=columns, phot_rows=phot_rows, n_rows=main.n_rows)
     except Exception:
         main.close()
@@ -305,3 +306,14 @@ def _join_rows(main: TableFile, phot: TableFile, on: str) -> np.ndarray:
     return np.where(found, order[pos] if len(order) else -1, -1).astype(np.int64)
 
 
+def _check_declared_units(sec: Any, columns: dict[str, tuple[TableFile, str]]) -> None:
+    """A column whose file declares a unit that contradicts the config (degrees, arcsec or kpc, AB mag) is
+    one CatalogError line naming it, checked once per file (catalog/column_checks.py)."""
+    from dream_hpc.catalog import column_checks
+
+    for table in {id(t): t for t, _ in columns.values()}.values():
+        mine = {key: name for key, (t, name) in columns.items()
+                if t is table and (key in ("ra", "dec", "radius") or key.startswith("mag:"))}
+        if mine and table.kind in ("fits", "ecsv"):
+            column_checks.check_units(column_checks.declared_units(table.path, table.kind), mine,
+                                      sec.radius_unit, sec.mag_unit, CatalogError)
