@@ -19,6 +19,7 @@ import pytest
 import yaml
 from _engine_fixtures import MPIEXEC, dream_run, engine_env, wait_for
 
+from dream_hpc.config import load_config
 from dream_hpc.core.journal import journal_files, read_file
 from dream_hpc.provenance import read as prov_read
 from dream_hpc.provenance.prov_json import validate
@@ -162,12 +163,18 @@ def test_reproduce_elsewhere_from_the_record_alone(killed_and_resumed: KilledRun
     shutil.copy2(run_a / "provenance.h5", record)
     _at_another_path(refkit_dir, there / "kit")
     shutil.copy2(tmp / "catalog.ecsv", there / "catalog.ecsv")
+    photometry = Path(load_config(tmp / "survey.yaml").catalog.photometry)  # DREaM's second table, if any
+    photometry = photometry if photometry.is_absolute() else (tmp / photometry).resolve()
+    extra = []
+    if photometry.is_file():
+        shutil.copy2(photometry, there / photometry.name)
+        extra = ["--photometry", str(there / photometry.name)]
     out = there / "R"
     rep = cli(["reproduce", str(record), "--out", str(out), "--crds-path", str(there / "kit/crds_cache"),
-               "--mirage-data", str(there / "kit/mirage_data"), "--catalog", str(there / "catalog.ecsv")], tmp)
+               "--mirage-data", str(there / "kit/mirage_data"), "--catalog", str(there / "catalog.ecsv"), *extra], tmp)
     assert rep.returncode == 0, rep.stdout[-3000:] + rep.stderr[-3000:]
     for key, flag in (("references.crds_path", "--crds-path"), ("references.mirage_data", "--mirage-data"),
-                      ("catalog.path", "--catalog")):
+                      ("catalog.path", "--catalog"), *([("catalog.photometry", "--photometry")] if extra else [])):
         assert f"reproduce: remapped {key}: " in rep.stdout and f"({flag} {there}" in rep.stdout, key
     assert "products    " in rep.stdout and "by recorded checksums)" in rep.stdout
     assert "unchecked" not in rep.stdout and "different" not in rep.stdout
@@ -175,7 +182,7 @@ def test_reproduce_elsewhere_from_the_record_alone(killed_and_resumed: KilledRun
     view = prov_read.load(out)
     assert view["run"]["reproduce_source"] == str(record) and view["run"]["mpi_size"] == 1
     remapped = view["run"]["reproduce_remapped"]
-    assert len(remapped) == 3 and any(line.startswith("references.crds_path: ") and
+    assert len(remapped) == 3 + bool(extra) and any(line.startswith("references.crds_path: ") and
                                       line.split(" -> ")[1].startswith(str(there / "kit/crds_cache"))
                                       for line in remapped), remapped
 

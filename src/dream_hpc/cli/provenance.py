@@ -63,6 +63,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--crds-path", help="this machine's copy of the CRDS cache (default: from the config)")
     p.add_argument("--mirage-data", help="this machine's copy of MIRAGE_DATA (default: from the config)")
     p.add_argument("--catalog", help="this machine's copy of the catalog (default: from the config)")
+    p.add_argument("--photometry", help="this machine's copy of the catalog's photometry table, for a DREaM "
+                                        "main + photometry pair (default: from the config)")
     p.add_argument("--check-only", action="store_true", help="only report drift; do not run")
     p.set_defaults(func=_cmd_reproduce)
 

@@ -69,7 +69,7 @@ def reproduction_config(text: str, base: Path, overrides: dict[str, str | None])
 RECORDED_PATH_FACTS = {"references.crds_path": "crds_path", "references.mirage_data": "mirage_data_path",
                        "catalog.path": "catalog_path"}
 OVERRIDE_FLAGS = {"references.crds_path": "--crds-path", "references.mirage_data": "--mirage-data",
-                  "catalog.path": "--catalog"}
+                  "catalog.path": "--catalog", "catalog.photometry": "--photometry"}
 
 
 def remapped_paths(view: dict[str, Any], cfg: SurveyConfig, overrides: dict[str, str | None],
@@ -146,7 +146,7 @@ def prepare_reproduction(args: argparse.Namespace) -> tuple[Path, list[str]]:
     else:
         base, base_why = Path.cwd(), f"the current directory: the recorded config's directory {recorded_dir} is not here"
     overrides = {"references.crds_path": args.crds_path, "references.mirage_data": args.mirage_data,
-                 "catalog.path": args.catalog}
+                 "catalog.path": args.catalog, "catalog.photometry": getattr(args, "photometry", None)}
     text = reproduction_config(view["config"], base, overrides)
     run = RunDir(Path(args.out).resolve())
     cfg = parse_config(text, run.config)

@@ -26,7 +26,7 @@ from dream_hpc.provenance.read import load, products
 from dream_hpc.provenance.write import flatten_params
 
 # Config keys that name places on one machine; what they point to is compared by its hash instead.
-PATH_KEYS = ("catalog.path", "references.crds_path", "references.mirage_data", "pointings.apt.xml",
+PATH_KEYS = ("catalog.path", "catalog.photometry", "references.crds_path", "references.mirage_data", "pointings.apt.xml",
              "pointings.apt.pointing")
 # Step/Mirage parameters that say where files go in this run, not how pixels are made.
 IGNORED_PARAM_KEYS = ("output_dir", "input_dir", "directory")
