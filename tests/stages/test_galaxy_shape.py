@@ -64,7 +64,9 @@ def test_one_elliptical_galaxy_keeps_its_shape(tmp_path: Path, kit: Path) -> Non
 
     cfg_dict = demo_like(kit, tmp_path / "DREaM_main.fits",
                          pointings={"rows": 1, "cols": 1, "dither": {"points": 1, "step_arcsec": 0.0, "pattern": "line"}},
-                         instrument={"detectors": ["NRCB1"], "readout": {"readpatt": "BRIGHT2", "ngroups": 4, "nints": 1}})
+                         instrument={"detectors": ["NRCB1"], "readout": {"readpatt": "BRIGHT2", "ngroups": 4, "nints": 1}},
+                         # the shape and place Mirage is given, in the header's frame: no pointing error
+                         simulation={"pointing_error": {"enabled": False}})
     config = tmp_path / "survey.yaml"
     config.write_text(yaml.safe_dump(cfg_dict, sort_keys=False))
     cfg = load_config(config)

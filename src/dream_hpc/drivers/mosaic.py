@@ -47,9 +47,9 @@ def make_mosaics(cfg: SurveyConfig, out: str | Path, filter_: str | None = None,
     if not quiet:
         shown = {f: m for f, m in s["mosaics"].items() if not filters or f in filters}
         print("\n".join(summary.mosaic_lines(shown)))
-        print(science_truth.verdict_line({"mosaics": shown}))
         if page:
             print(f"  report: {page}")
+        print(science_truth.verdict_line({"mosaics": shown}))  # the last line: did every science check pass?
     failed = any("error" in m for f, m in s["mosaics"].items() if not filters or f in filters)
     code = result.exit_code
     code = code if code not in (0, 1) else int(code == 1 or failed)

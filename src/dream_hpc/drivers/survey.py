@@ -38,9 +38,8 @@ def run_survey(cfg: SurveyConfig, out: str | Path, quiet: bool = False,
         s = summary.finish(cfg, result.run, time.monotonic() - t0)
         page = report.write_quietly(result.run, cfg)
     if not quiet:
-        print(summary.format_summary(s))
-        if page:
-            print(f"  report: {page}")
+        text = summary.format_summary(s).splitlines()  # its last line is the science verdict: keep it last
+        print("\n".join(text[:-1] + ([f"  report: {page}"] if page else []) + text[-1:]))
     code = result.exit_code or (0 if summary.ok(s) else 1)
     if strict and code == 0 and not s.get("science_passed"):
         code = summary.EXIT_SCIENCE_FAILED
