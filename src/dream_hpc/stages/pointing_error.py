@@ -27,8 +27,9 @@ from typing import Any
 import numpy as np
 
 from dream_hpc.core.workunit import WorkUnit, derive_seed
+from dream_hpc.plan import footprint
 
-MAS = 1.0 / 3.6e6  # degrees per milliarcsecond
+MAS = 1e-3  # arcsec per milliarcsecond (the tangent plane is in arcsec: plan/footprint.py)
 
 
 @dataclass(frozen=True)
@@ -83,29 +84,8 @@ def draw(cfg: Any, unit: WorkUnit) -> PointingError:
 
 
 # --- the sky rotation, in the tangent plane of the nominal reference point -------------------
-def _project(ra: np.ndarray, dec: np.ndarray, ra0: float, dec0: float) -> tuple[np.ndarray, np.ndarray]:
-    """Gnomonic (xi East, eta North) in degrees about (ra0, dec0)."""
-    ra, dec = np.radians(ra), np.radians(dec)
-    a0, d0 = math.radians(ra0), math.radians(dec0)
-    cosc = np.sin(d0) * np.sin(dec) + np.cos(d0) * np.cos(dec) * np.cos(ra - a0)
-    xi = np.cos(dec) * np.sin(ra - a0) / cosc
-    eta = (np.cos(d0) * np.sin(dec) - np.sin(d0) * np.cos(dec) * np.cos(ra - a0)) / cosc
-    return np.degrees(xi), np.degrees(eta)
-
-
-def _deproject(xi: np.ndarray, eta: np.ndarray, ra0: float, dec0: float) -> tuple[np.ndarray, np.ndarray]:
-    x, y = np.radians(xi), np.radians(eta)
-    a0, d0 = math.radians(ra0), math.radians(dec0)
-    rho = np.hypot(x, y)
-    c = np.arctan(rho)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        dec = np.arcsin(np.cos(c) * math.sin(d0) + np.where(rho > 0, y * np.sin(c) * math.cos(d0) / rho, 0.0))
-    ra = a0 + np.arctan2(x * np.sin(c), rho * math.cos(d0) * np.cos(c) - y * math.sin(d0) * np.sin(c))
-    return np.degrees(ra) % 360.0, np.degrees(dec)
-
-
 def _rotate(xi: np.ndarray, eta: np.ndarray, roll_arcsec: float) -> tuple[np.ndarray, np.ndarray]:
-    """Rotate tangent-plane vectors East of North by `roll_arcsec` (a roll of +r raises PA_V3 by r)."""
+    """Rotate tangent-plane vectors East of North by `roll_arcsec` (a roll of +r raises PA_V3 by r); any unit."""
     t = math.radians(roll_arcsec / 3600.0)
     c, s = math.cos(t), math.sin(t)
     return xi * c + eta * s, -xi * s + eta * c
@@ -114,16 +94,16 @@ def _rotate(xi: np.ndarray, eta: np.ndarray, roll_arcsec: float) -> tuple[np.nda
 def apply(err: PointingError, unit: WorkUnit, ra: Any, dec: Any) -> tuple[np.ndarray, np.ndarray]:
     """Where the true attitude sees what the nominal attitude would put at (ra, dec): the truth WCS is
     `apply(nominal header wcs(pixel))`."""
-    xi, eta = _project(np.asarray(ra, float), np.asarray(dec, float), unit.ra, unit.dec)
+    xi, eta = footprint.tangent_offsets(ra, dec, unit.ra, unit.dec)
     xi, eta = _rotate(xi, eta, err.roll_arcsec)
-    return _deproject(xi + err.de_mas * MAS, eta + err.dn_mas * MAS, unit.ra, unit.dec)
+    return footprint.from_tangent(xi + err.de_mas * MAS, eta + err.dn_mas * MAS, unit.ra, unit.dec)
 
 
 def to_rendered(err: PointingError, unit: WorkUnit, ra: Any, dec: Any) -> tuple[np.ndarray, np.ndarray]:
     """The inverse of `apply`: where to hand a source at true (ra, dec) to Mirage at the nominal pointing."""
-    xi, eta = _project(np.asarray(ra, float), np.asarray(dec, float), unit.ra, unit.dec)
+    xi, eta = footprint.tangent_offsets(ra, dec, unit.ra, unit.dec)
     xi, eta = _rotate(xi - err.de_mas * MAS, eta - err.dn_mas * MAS, -err.roll_arcsec)
-    return _deproject(xi, eta, unit.ra, unit.dec)
+    return footprint.from_tangent(xi, eta, unit.ra, unit.dec)
 
 
 def rendered_sources(err: PointingError, unit: WorkUnit, sources: Any) -> Any:
