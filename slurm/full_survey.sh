@@ -2,8 +2,8 @@
 # A whole survey on a Slurm cluster:
 #     DREAM_CONFIG=survey.yaml DREAM_RUN=/scratch/$USER/survey DREAM_IMAGE=dream-hpc.sif sbatch slurm/full_survey.sh
 #
-# 1. Queues ONE Image3 job (slurm/image3.sh: one large-memory task, `dream-hpc mosaic` then
-#    `dream-hpc audit`) with --dependency=afterok on this job, so it waits in the queue and starts
+# 1. Queues ONE Image3 job (slurm/image3.sh: `srun dream-hpc mosaic` over its ranks, the tiles
+#    of every filter in parallel, then `dream-hpc audit`) with --dependency=afterok on this job, so it waits in the queue and starts
 #    once the units are done, after this many-node allocation has been released.
 # 2. Runs the per-unit phase, `srun --mpi=pmi2 dream-hpc run CONFIG --out RUN --no-mosaic`,
 #    inside the image when DREAM_IMAGE is set, else from DREAM_VENV / PATH.
@@ -17,7 +17,7 @@
 # Every #SBATCH default below can be overridden on the sbatch command line (--nodes=8 ...) or with
 # SBATCH_* variables. Inputs: DREAM_CONFIG, DREAM_RUN, DREAM_IMAGE, DREAM_BINDS, DREAM_VENV,
 # CRDS_PATH, MIRAGE_DATA (slurm/common.sh); DREAM_MPI (srun --mpi, default pmi2), DREAM_SRUN_ARGS,
-# DREAM_MAX_REQUEUES (default 20); Image3 job: DREAM_IMAGE3_MEM, _TIME, _CPUS, _PARTITION,
+# DREAM_MAX_REQUEUES (default 20); Image3 job: DREAM_IMAGE3_NODES, _TASKS, _MEM, _TIME, _CPUS, _PARTITION,
 # _ACCOUNT, _ARGS (extra sbatch options), _OUTPUT. docs/cluster.md has examples.
 #SBATCH --job-name=dream-survey
 #SBATCH --nodes=4
@@ -83,6 +83,8 @@ submit_image3() {
     [[ -n ${DREAM_IMAGE3_MEM:-} ]] && args+=(--mem="$DREAM_IMAGE3_MEM")
     [[ -n ${DREAM_IMAGE3_TIME:-} ]] && args+=(--time="$DREAM_IMAGE3_TIME")
     [[ -n ${DREAM_IMAGE3_CPUS:-} ]] && args+=(--cpus-per-task="$DREAM_IMAGE3_CPUS")
+    [[ -n ${DREAM_IMAGE3_NODES:-} ]] && args+=(--nodes="$DREAM_IMAGE3_NODES")
+    [[ -n ${DREAM_IMAGE3_TASKS:-} ]] && args+=(--ntasks="$DREAM_IMAGE3_TASKS")
     [[ -n ${DREAM_IMAGE3_OUTPUT:-} ]] && args+=(--output="$DREAM_IMAGE3_OUTPUT")
     local partition=${DREAM_IMAGE3_PARTITION:-${SLURM_JOB_PARTITION:-}}
     local account=${DREAM_IMAGE3_ACCOUNT:-${SLURM_JOB_ACCOUNT:-}}

@@ -1,7 +1,10 @@
 #!/bin/bash
-# The Image3 phase of a survey as one Slurm job: a single large-memory task runs
-# `dream-hpc mosaic` (one Image3 per filter, then the science check, summary.json and the run's page
-# RUN/report.html), rebuilds provenance.h5 and runs `dream-hpc audit`.
+# The Image3 phase of a survey as one Slurm job: `srun dream-hpc mosaic` on all its tasks (MPI ranks),
+# then the science check, summary.json and the run's page RUN/report.html, provenance.h5 and `dream-hpc audit` once. With mosaic.mode tiles the mosaic is
+# a task graph (engine/mosaic_graph.py: astrometry per visit, outliers per padded visit, one task
+# per tile, a merge per filter) spread over the ranks like the units were; each tile task is sized
+# by the plan to fit a node's memory (`dream-hpc plan` prints it). Nodes/tasks: sbatch --nodes/--ntasks
+# (or DREAM_IMAGE3_NODES/_TASKS from full_survey.sh); one task runs it without srun.
 #
 # slurm/full_survey.sh submits it with --dependency=afterok:<survey job>, so it starts only once
 # every unit has been processed and the many-node allocation is already released. It can also be
@@ -11,7 +14,7 @@
 # Inputs: see slurm/common.sh (DREAM_CONFIG, DREAM_RUN, DREAM_IMAGE, DREAM_BINDS, DREAM_VENV).
 #SBATCH --job-name=dream-image3
 #SBATCH --nodes=1
-#SBATCH --ntasks=1
+#SBATCH --ntasks=2
 #SBATCH --cpus-per-task=1
 #SBATCH --mem=64G
 #SBATCH --time=12:00:00
@@ -38,7 +41,15 @@ rc=0
 # DREAM_STRICT=1: a failed science check (summary.json science_passed false) fails the job (exit 4)
 strict=()
 [[ ${DREAM_STRICT:-0} == 1 ]] && strict=(--strict)
-"${DREAM_LAUNCH[@]}" mosaic "$DREAM_CONFIG" --out "$DREAM_RUN" --quiet "${strict[@]}" || rc=$?
+if [[ ${SLURM_NTASKS:-1} -gt 1 ]]; then
+    srun_args=(--mpi="${DREAM_MPI:-pmi2}" --kill-on-bad-exit=1)
+    read -r -a srun_extra <<<"${DREAM_SRUN_ARGS:-}"
+    dream_log "mosaic on $SLURM_NTASKS ranks ($SLURM_JOB_NUM_NODES nodes)"
+    srun "${srun_args[@]}" "${srun_extra[@]}" "${DREAM_LAUNCH[@]}" mosaic "$DREAM_CONFIG" --out "$DREAM_RUN" --quiet "${strict[@]}" \
+        || rc=$?
+else
+    "${DREAM_LAUNCH[@]}" mosaic "$DREAM_CONFIG" --out "$DREAM_RUN" --quiet "${strict[@]}" || rc=$?
+fi
 dream_log "mosaic exit code $rc"
 # The record and its audit are made even when a filter failed: they say what is missing.
 "${DREAM_LAUNCH[@]}" provenance "$DREAM_RUN" || rc=$((rc ? rc : $?))

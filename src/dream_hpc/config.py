@@ -221,6 +221,26 @@ class PipelineSection:
 
 
 @dataclass
+class MosaicSection:
+    """The survey's one pixel grid (one tangent point, rotation and pixel scale) cut into Image3 tiles.
+
+    Tiles differ only in crpix and output_shape (plan/grid.py); each is one resample + source_catalog task.
+    """
+
+    crval: tuple[float, float] | None = None  # deg, the grid's tangent point; null: pointings.center_ra/dec
+    rotation: float | None = None  # deg, the grid's Y axis east of north (jwst resample `rotation`); null: pa_v3
+    pixel_scale_sw: float = 0.03  # arcsec per mosaic pixel, short-wave filters (COSMOS-Web, CEERS)
+    pixel_scale_lw: float = 0.06  # arcsec, long-wave filters (set both equal for one grid for all filters)
+    tiles: tuple[int, int] | None = None  # [cols, rows] per filter; null: as few as fit node_mem_gb
+    tile_overlap_arcsec: float = 3.0  # each tile reaches this far beyond its core (sources near a core edge)
+    node_mem_gb: float = 24.0  # default tile size: the largest tile's Image3 fits this by the cost model
+    min_matches: int = 5  # an exposure's frozen WCS needs at least this many matched reference stars
+    # tiles: astrometry per visit, outliers per padded visit, resample + catalog per tile (stages/tiles.py);
+    # single: one Image3 per filter over all its exposures (fine for a few dozen inputs, not a survey)
+    mode: str = "single"
+
+
+@dataclass
 class EngineSection:
     unit_timeout_s: float = 0.0  # 0: derived from the plan's estimate (x timeout_factor)
     timeout_factor: float = 10.0
@@ -242,6 +262,7 @@ class SurveyConfig:
     simulation: SimulationSection = field(default_factory=SimulationSection)
     references: ReferencesSection = field(default_factory=ReferencesSection)
     pipeline: PipelineSection = field(default_factory=PipelineSection)
+    mosaic: MosaicSection = field(default_factory=MosaicSection)
     engine: EngineSection = field(default_factory=EngineSection)
     # Not part of the YAML: where the file was read from (relative paths resolve against it).
     source: Path | None = field(default=None, repr=False, compare=False)
@@ -496,6 +517,15 @@ def validate(cfg: SurveyConfig) -> None:
         for step, params in getattr(cfg.pipeline, name).items():
             if not isinstance(params, dict):
                 raise ConfigError(f"pipeline.{name}.{step}: expected a mapping of step parameters")
+    mos = cfg.mosaic
+    if mos.mode not in ("tiles", "single"):
+        raise ConfigError(f"mosaic.mode: {mos.mode!r} (choose tiles or single)")
+    if mos.pixel_scale_sw <= 0 or mos.pixel_scale_lw <= 0:
+        raise ConfigError("mosaic.pixel_scale_sw/_lw: must be > 0 (arcsec per mosaic pixel, e.g. 0.03 and 0.06)")
+    if mos.tiles is not None and min(mos.tiles) < 1:
+        raise ConfigError(f"mosaic.tiles: {list(mos.tiles)} (give [cols, rows] >= 1, or null to size by memory)")
+    if mos.tile_overlap_arcsec < 0 or mos.node_mem_gb <= 0:
+        raise ConfigError("mosaic.tile_overlap_arcsec must be >= 0 and mosaic.node_mem_gb > 0")
     if cfg.engine.timeout_factor <= 1:
         raise ConfigError("engine.timeout_factor: must be > 1")
     pe = cfg.simulation.pointing_error

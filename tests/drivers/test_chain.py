@@ -174,7 +174,7 @@ def test_mosaic_command_remakes_the_mosaic(chain_run: SurveyRun, tmp_path: Path)
     run = tmp_path / "run"
     shutil.copytree(chain_run.run, run)
     for p in (run / "mosaic").iterdir():
-        p.unlink()
+        shutil.rmtree(p) if p.is_dir() else p.unlink()  # the tiled mosaic's subdirectories too
     proc = cli(["mosaic", str(chain_run.config), "--out", str(run), "--filter", "F150W"])
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "F150W: mosaic/jw09999-o001_t001_nircam_clear-f150w_i2d.fits (2 exposures" in proc.stdout

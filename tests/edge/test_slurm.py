@@ -71,7 +71,8 @@ def test_scripts_keep_the_environment_and_ask_for_the_warning() -> None:
     directives = [ln.split(None, 1)[1] for ln in survey.splitlines() if ln.startswith("#SBATCH")]
     assert any(d.startswith("--signal=B:USR1@") for d in directives)
     assert "--requeue" in directives and any("%j" in d for d in directives if d.startswith("--output"))
-    assert "--ntasks=1" in [ln.split(None, 1)[1] for ln in image3.splitlines() if ln.startswith("#SBATCH")]
+    assert "--ntasks=2" in [ln.split(None, 1)[1] for ln in image3.splitlines() if ln.startswith("#SBATCH")]
+    assert 'srun "${srun_args[@]}"' in image3 and "pmi2" in image3  # the tiles run on every rank
     assert "srun --mpi=" in survey.replace('srun "${srun_args[@]}"', "srun --mpi=") and "pmi2" in survey
     assert "--dependency=" in survey and "afterok:" in survey
 
@@ -145,7 +146,7 @@ def test_survey_through_slurm(local_slurm, slurm_survey: Submission) -> None:
     assert sub.states == {sub.survey_job: "COMPLETED", sub.image3_job: "COMPLETED"}, (
         f"{sub.states}\n--- survey job log ---\n{sub.log(sub.survey_job)}\n"
         f"--- image3 job log ---\n{sub.log(sub.image3_job, 'dream-image3')}")
-    assert local_slurm.job(sub.image3_job)["NumTasks"] == "1"
+    assert local_slurm.job(sub.image3_job)["NumTasks"] == "2"
     assert_each_unit_done_once(sub.run)
     assert_mosaic_and_audit(sub.run)
     # The ranks were started by srun with PMI-2 and the run records the Slurm job (provenance).

@@ -20,6 +20,13 @@ def _cmd_plan(args: Any) -> int:
     units = make_plan(cfg)
     summary = summarize(cfg, units, args.node_mem_gb, args.node_cores, measured_run=args.measured)
     print(format_summary(summary))
+    tiles = None
+    if cfg.mosaic.mode == "tiles":
+        from dream_hpc.plan.grid import filter_tiles, format_tiles, tiles_summary
+
+        summary["tiles"] = tiles_summary(cfg, units, args.node_mem_gb)
+        print("\n".join(format_tiles(summary["tiles"])))
+        tiles = filter_tiles(cfg, units, args.node_mem_gb)
     if not args.out:
         print("(pass --out RUN to write RUN/plan.json and RUN/figures/footprint.png)")
         return 0
@@ -33,7 +40,7 @@ def _cmd_plan(args: Any) -> int:
         radec = (s.ra, s.dec)
     except UserError as e:
         note = f" (no catalog density: {e})"
-    png = footprint_png(cfg, units, run.figures / "footprint.png", radec)
+    png = footprint_png(cfg, units, run.figures / "footprint.png", radec, tiles=tiles)
     print(f"wrote {run.plan} and {png}{note}")
     return 0
 

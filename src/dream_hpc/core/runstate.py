@@ -57,6 +57,8 @@ class RunView:
     root: Path
     units: dict[str, UnitState] = field(default_factory=dict)
     mosaics: dict[str, MosaicState] = field(default_factory=dict)
+    # tasks of tiled mosaics (FILTER/phase/id; the filter's merge is in `mosaics`)
+    mosaic_tasks: dict[str, MosaicState] = field(default_factory=dict)
     starts: list[dict[str, Any]] = field(default_factory=list)  # run_start records
     ends: list[dict[str, Any]] = field(default_factory=list)  # run_end records
     problems: list[str] = field(default_factory=list)  # journal records that fail their hash
@@ -172,7 +174,7 @@ def read_run(run: RunDir) -> RunView:
         if state.status == "done":
             state.step, state.error = None, None
     for name, st in model.mosaics.items():
-        m = view.mosaics.setdefault(name, MosaicState(name))
+        m = (view.mosaic_tasks if "/" in name else view.mosaics).setdefault(name, MosaicState(name))
         m.journal, m.step, m.error = st.journal or None, st.step or None, st.error or None
         if st.status == "done":
             m.status, m.error = "done", None

@@ -40,6 +40,8 @@ def make_mosaics(cfg: SurveyConfig, out: str | Path, filter_: str | None = None,
     finally:
         if quiet:
             stream.close()
+    if result.status == "rank":  # under MPI (slurm/image3.sh): rank 0 alone writes the summary
+        return result.exit_code
     go_offline(cfg)  # the summary reads the mosaics offline, as the run did
     with result.run.lock("mosaic summary"):
         s = summary.finish(cfg, result.run, time.monotonic() - t0, filters)

@@ -153,7 +153,7 @@ def _coordinate(comm: Any, p: Prepared, hosts: list[str], mosaic: bool, worker: 
         "engine": {k: getattr(cfg.engine, k) for k in cfg.engine.__dataclass_fields__}}))
     progress = Progress({t.key: t.cost for t in p.tasks}, stream or sys.stderr, cfg.engine.progress_interval_s,
                         n_mosaics=len(filters) if mosaic else 0)
-    sched = Scheduler(p.tasks, mosaic_factory(cfg, p.view) if mosaic else None, cfg.engine.allow_partial_mosaic)
+    sched = Scheduler(p.tasks, mosaic_factory(cfg, p.view, run) if mosaic else None, cfg.engine.allow_partial_mosaic)
     _hold_back(p, sched, journal, progress)
     coordinator = Coordinator(comm, sched, None, progress, journal, stop_file=run.root / STOP_FILE)
     if cfg.engine.unit_timeout_s <= 0:

@@ -146,6 +146,8 @@ class Executor:
         self.failure: tuple[str, str | None] | None = None
         self.step_started: dict[str, float] = {}
         self.stage_info: dict[str, Any] = {}
+        self.worker_tasks = 0  # tasks the current worker process has been given
+        self._last_worker: WorkerProcess | None = None
 
     # -- lifecycle --
     def _ensure_worker(self) -> WorkerProcess:
@@ -190,9 +192,18 @@ class Executor:
             self.outcome.error = f"not finished (its {todo[0]} stage and later): compute it with `dream-hpc run`"
             return self._finish("missing")
         self.outcome.outputs = dict(verified)
-        log = self.run.logs / (f"{task.key}.log" if task.kind == "unit" else f"mosaic_{task.filter}.log")
+        log = self.run.logs / (f"{task.key}.log" if task.kind == "unit"
+                               else f"mosaic_{task.filter.replace('/', '_')}.log")
         self.deadline = now + task.limit_s
+        if task.spec.get("fresh_worker") and self.worker is not None and self.worker_tasks:
+            # A tile task's memory must not depend on what this rank ran before (the long-lived
+            # worker's heap grows by a few MB per task): it gets a worker of its own.
+            self.worker.stop()
+            self.worker = None
         worker = self._ensure_worker()
+        self.worker_tasks = 0 if worker is not self._last_worker else self.worker_tasks
+        self._last_worker = worker
+        self.worker_tasks += 1
         if task.kind == "unit":
             self.journal.write("unit_start", task.key, stage=todo[0], stages=list(todo), limit_s=task.limit_s,
                                log=self.run.rel(log), worker_pid=worker.pid)
@@ -202,7 +213,8 @@ class Executor:
             self.journal.write("mosaic_start", None, filter=task.filter, units=[u.unit_id for u in task.units],
                                limit_s=task.limit_s, log=self.run.rel(log), worker_pid=worker.pid)
             worker.send({"op": "mosaic", "key": task.key, "filter": task.filter,
-                         "units": [u.to_dict() for u in task.units], "log": str(log)})
+                         "units": [u.to_dict() for u in task.units], "log": str(log),
+                         **({"spec": task.spec} if task.spec else {})})
         self.notify("start", {"key": task.key, "kind": task.kind, "stage": todo[0],
                               "verified": list(task.verified_stages)})
         return None

@@ -71,9 +71,11 @@ def write_footprint(cfg: SurveyConfig, run: RunDir, units: list[WorkUnit]) -> No
     try:
         from dream_hpc.catalog import prepared
         from dream_hpc.plan.figure import footprint_png
+        from dream_hpc.plan.grid import filter_tiles
 
         sources = prepared.for_run(cfg, run.root, units).everything().sources
-        footprint_png(cfg, units, run.figures / "footprint.png", (sources.ra, sources.dec))
+        tiles = filter_tiles(cfg, units) if cfg.mosaic.mode == "tiles" else None
+        footprint_png(cfg, units, run.figures / "footprint.png", (sources.ra, sources.dec), tiles=tiles)
     except Exception as e:
         logging.getLogger("dream_hpc").warning("footprint.png not written: %s: %s", type(e).__name__, e)
 
@@ -168,7 +170,18 @@ def hold_back(cfg: SurveyConfig, units: list[WorkUnit], before: Any) -> dict[str
     return held_back_units(cfg, pending, say=lambda line: print(line, file=sys.stderr, flush=True))
 
 
-def mosaic_factory(cfg: SurveyConfig, view: Any) -> MosaicFactory:
+def mosaic_factory(cfg: SurveyConfig, view: Any, run: RunDir | None = None) -> Any:
+    """What the scheduler asks for a filter's mosaic once its units ended: the tiled task graph
+    (mosaic.mode tiles, on the grid of every planned unit), or one Image3 task (single)."""
+    if cfg.mosaic.mode == "tiles" and run is not None:
+        from dream_hpc.engine.mosaic_graph import TiledMosaics
+        from dream_hpc.plan.summary import load_plan
+
+        return TiledMosaics(cfg, view, load_plan(run.plan))
+    return single_mosaic_factory(cfg, view)
+
+
+def single_mosaic_factory(cfg: SurveyConfig, view: Any) -> MosaicFactory:
     def make(filt: str, ok: list[Task], outcomes: dict[str, Any]) -> Task:
         expected = {p: h for t in ok for p, h in outcomes[t.key].outputs.items() if p.endswith("_cal.fits")}
         cost = image3_seconds([t.unit for t in ok])

@@ -45,7 +45,7 @@ class Progress:
         self.stage_of.pop(oc.key, None)
         ok = oc.status in ("done", "skipped")
         if oc.kind == "mosaic":
-            self.mosaics_done += ok
+            self.mosaics_done += ok and "/" not in oc.key  # a tiled mosaic's tasks: only its merge counts
             if not ok:
                 self._line(f"mosaic {oc.key} {oc.status} in {oc.step or '-'}: {oc.error}")
             return

@@ -33,7 +33,9 @@ class Scheduler:
         self.outcomes: dict[str, Any] = {}
         self.mosaic_factory = mosaic_factory
         self.allow_partial = allow_partial
-        self.blocked: dict[str, str] = {}  # filter -> why its mosaic did not run
+        self.blocked: dict[str, str] = {}  # filter (or tiled task label) -> why it did not run
+        self.waiting: dict[str, Task] = {}  # tasks whose `after` have not all ended
+        self._blocked_keys: set[str] = set()
         self._left: dict[str, int] = {}
         for t in tasks:
             if t.kind == "unit" and t.unit is not None:
@@ -41,7 +43,32 @@ class Scheduler:
 
     def push(self, task: Task) -> None:
         self.tasks[task.key] = task
+        if task.after:
+            self.waiting[task.key] = task
+            self._release()
+            return
         heapq.heappush(self._heap, (task.sort_key(), task.key))
+
+    def _release(self) -> None:
+        """Queue waiting tasks whose dependencies all ended; block (and name) those with a failed one."""
+        changed = True
+        while changed:
+            changed = False
+            for key, task in list(self.waiting.items()):
+                if any(k not in self.outcomes and k not in self._blocked_keys for k in task.after):
+                    continue
+                del self.waiting[key]
+                changed = True
+                failed = [k for k in task.after if k in self._blocked_keys or self.outcomes[k].status not in
+                          ("done", "skipped")]
+                release = getattr(self.mosaic_factory, "release", None)
+                why = release(task, self.outcomes, failed) if release else (
+                    f"{task.key} not run: {', '.join(failed)} did not finish" if failed else None)
+                if why:
+                    self.blocked[task.filter or key] = why
+                    self._blocked_keys.add(key)
+                else:
+                    heapq.heappush(self._heap, (task.sort_key(), task.key))
 
     def next(self) -> Task | None:
         if not self._heap:
@@ -61,7 +88,7 @@ class Scheduler:
 
     @property
     def pending(self) -> int:
-        return len(self._heap)
+        return len(self._heap) + len(self.waiting)
 
     @property
     def finished(self) -> bool:
@@ -71,6 +98,8 @@ class Scheduler:
         """Record an outcome; returns the mosaic task it released, if any."""
         task = self.running.pop(outcome.key)
         self.outcomes[outcome.key] = outcome
+        if self.waiting:
+            self._release()
         if task.kind != "unit" or task.unit is None or self.mosaic_factory is None:
             return None
         filt = task.unit.filter
@@ -78,6 +107,12 @@ class Scheduler:
         if self._left[filt]:
             return None
         mine = [t for t in self.tasks.values() if t.kind == "unit" and t.unit is not None and t.unit.filter == filt]
+        if getattr(self.mosaic_factory, "tiled", False):  # the filter's task graph; it blocks per tile
+            graph, blocked = self.mosaic_factory.graph(filt, mine, self.outcomes)
+            self.blocked.update(blocked)
+            for t in graph:
+                self.push(t)
+            return graph[0] if graph else None
         ok = [t for t in mine if self.outcomes[t.key].status in ("done", "skipped")]
         bad = sorted(t.key for t in mine if self.outcomes[t.key].status not in ("done", "skipped"))
         if not ok:

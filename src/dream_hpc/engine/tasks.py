@@ -51,6 +51,8 @@ class Task:
     verified_stages: list[str] = field(default_factory=list)
     tail: float = 0.0  # expected work that must follow this task (its filter's mosaic)
     verify_only: bool = False  # `dream-hpc mosaic`: check a finished unit, never compute it
+    spec: dict[str, Any] = field(default_factory=dict)  # a tiled-mosaic task: phase and what it works on
+    after: list[str] = field(default_factory=list)  # keys of tasks that must end first (engine/mosaic_graph.py)
 
     @property
     def priority(self) -> int:
@@ -73,7 +75,10 @@ class Task:
         self.verified_stages = []
         if self.kind == "mosaic":
             done = self.recorded.get("done") or {}
-            cal_in = {p: h for p, h in done.get("inputs", {}).items() if p.endswith("_cal.fits")}
+            # the inputs that decide: *_cal for a single Image3; for a tiled task, its dependencies'
+            # products of the kinds it expects (a removed or changed one means recompute)
+            kinds = tuple({"_" + p.rsplit("_", 1)[-1] for p in self.expected_inputs}) if self.spec else ("_cal.fits",)
+            cal_in = {p: h for p, h in done.get("inputs", {}).items() if p.endswith(kinds)}
             if done and cal_in == self.expected_inputs and verify_outputs(run, done.get("outputs", {})):
                 return [], dict(done["outputs"])
             return ["mosaic"], {}

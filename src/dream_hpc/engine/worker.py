@@ -278,7 +278,10 @@ class _Worker:
             elif msg["op"] == "mosaic":
                 units = [WorkUnit.from_dict(d) for d in msg["units"]]
                 self.current, self.unit = (msg["filter"], "mosaic"), None
-                self._run_one("mosaic", lambda: run_mosaic(msg["filter"], units, ctx))
+                if "spec" in msg:  # one task of a tiled mosaic (engine/mosaic_graph.py)
+                    self._run_one("mosaic", lambda: self.stages.run_mosaic_task(msg["spec"], units, ctx))
+                else:
+                    self._run_one("mosaic", lambda: run_mosaic(msg["filter"], units, ctx))
         self.events.send("task_end")
 
 

@@ -39,8 +39,10 @@ def _outlines(units: list[WorkUnit], ra0: float, dec0: float) -> list[tuple[np.n
 FILTER_COLOURS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf")
 
 
-def footprint_png(cfg: SurveyConfig, units: list[WorkUnit], path: str | Path, catalog_ra_dec: Any = None) -> Path:
-    """Detector outlines per filter over the catalog's source density, on a tangent plane (East left)."""
+def footprint_png(cfg: SurveyConfig, units: list[WorkUnit], path: str | Path, catalog_ra_dec: Any = None,
+                  tiles: dict[str, Any] | None = None) -> Path:
+    """Detector outlines per filter over the catalog's source density, on a tangent plane (East left);
+    with `tiles` (plan/grid.filter_tiles), each channel's mosaic tile cores and their ids."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -80,6 +82,23 @@ def footprint_png(cfg: SurveyConfig, units: list[WorkUnit], path: str | Path, ca
         ax.add_collection(PolyCollection(polys, facecolors="none", edgecolors=colour, linewidths=0.6, linestyles=lw))
         handles.append(Line2D([], [], color=colour, ls=lw, lw=2,
                               label=f"{filt} ({'SW' if is_short_wave_filter(filt) else 'LW'}): {len(sub)} units"))
+    drawn = set()
+    for _filt, g in sorted((tiles or {}).items()):
+        if g.channel in drawn:  # the filters of a channel share its grid
+            continue
+        drawn.add(g.channel)
+        lw = "-" if g.channel == "SHORT" else "--"
+        for t in g.tiles:
+            cx = [t.cx0 - 0.5, t.cx1 - 0.5, t.cx1 - 0.5, t.cx0 - 0.5, t.cx0 - 0.5]
+            cy = [t.cy0 - 0.5, t.cy0 - 0.5, t.cy1 - 0.5, t.cy1 - 0.5, t.cy0 - 0.5]
+            ex, ey = footprint.tangent_offsets(*g.pixel_to_sky(cx, cy), ra0, dec0)
+            ax.plot(ex / scale, ey / scale, color="k", lw=0.9, ls=lw, alpha=0.7)
+            if len(g.tiles) <= 200:
+                ax.text(float(np.mean(ex[:4])) / scale, float(np.mean(ey[:4])) / scale,
+                        t.tile_id if g.channel == "SHORT" else "", fontsize=6, ha="center", va="center")
+        handles.append(Line2D([], [], color="k", ls=lw, lw=1,
+                              label=f"{'SW' if g.channel == 'SHORT' else 'LW'} tile cores: {len(g.tiles)} "
+                                    f"at {g.pixel_scale:g}\"/px"))
     if len(units) <= 500:  # beyond that the markers hide the outlines
         px, py = footprint.tangent_offsets([u.ra for u in units], [u.dec for u in units], ra0, dec0)
         ax.plot(px / scale, py / scale, "k+", ms=4, alpha=0.6)

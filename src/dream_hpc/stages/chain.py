@@ -32,11 +32,18 @@ def run_mosaic(filter_: str, units: list[WorkUnit], ctx: StageContext) -> StageR
     return image3(filter_, units, ctx)
 
 
+def run_mosaic_task(spec: dict, units: list[WorkUnit], ctx: StageContext) -> StageResult:
+    """One task of a tiled mosaic: astrometry, outliers, tile or merge (stages/tiles.py)."""
+    from dream_hpc.stages.tiles import run_phase
+
+    return run_phase(spec, units, ctx)
+
+
 def preload() -> None:
     """Import jwst, the stage modules and Mirage once per worker, so units pay no import time."""
     import jwst.pipeline  # noqa: F401
 
-    from dream_hpc.stages import calibrate, image3  # noqa: F401
+    from dream_hpc.stages import calibrate, image3, tile_merge, tiles  # noqa: F401
     from dream_hpc.stages.simulate import import_mirage
 
     # Mirage through its guard only: a plain import runs its logging.config.dictConfig, which

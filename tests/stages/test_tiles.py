@@ -1,0 +1,262 @@
+"""Survey-scale Image3 as tiles on one pixel grid (plan/grid.py, engine/mosaic_graph.py, stages/tiles.py).
+
+Planning tests are quick (no jwst). The real-chain tests share one small survey: the demo's 2 x 2
+pointings x 3 dithers on NRCB1 only (12 F150W units) with `mosaic.tiles: [2, 2]`, run once by
+`dream-hpc survey` on one rank (~4-6 min on 2 shared cores); then `dream-hpc mosaic` on copies of it
+under `mpiexec -n 2` (~3 min), and with a rank SIGKILLed mid-tile plus a plain rerun (~4 min).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+from _chain_fixtures import DEMO, ROOT, SurveyRun, demo_like, run_survey
+from _engine_fixtures import MPIEXEC, engine_env, wait_for
+
+from dream_hpc.config import load_config, parse_config
+from dream_hpc.core.journal import journal_files, read_file
+from dream_hpc.engine.executor import Outcome
+from dream_hpc.engine.mosaic_graph import TiledMosaics
+from dream_hpc.engine.tasks import Task
+from dream_hpc.plan import grid as G
+from dream_hpc.plan.pointings import make_plan
+
+FILTER = "F150W"
+PRODUCT = "jw09999-o001_t001_nircam_clear-f150w"
+
+
+def demo_with(**sections: dict) -> object:
+    import yaml
+
+    data = yaml.safe_load(DEMO.read_text())
+    for k, v in sections.items():
+        data.setdefault(k, {}).update(v)
+    return parse_config(yaml.safe_dump(data), DEMO)
+
+
+# --- planning (no jwst) ------------------------------------------------------------------------
+def test_demo_grid_gets_one_tile_and_2x2_tiles_differ_only_in_crpix_and_shape() -> None:
+    cfg = load_config(DEMO)
+    units = make_plan(cfg)
+    assert all(len(g.tiles) == 1 for g in G.filter_tiles(cfg, units).values())  # small enough: one tile
+    cfg2 = demo_with(mosaic={"mode": "tiles", "tiles": [2, 2]})
+    grids = G.filter_tiles(cfg2, units)
+    for filt, g in grids.items():
+        assert len(g.tiles) == 4
+        pars = [g.resample_pars(t) for t in g.tiles]
+        assert len({(tuple(p["crval"]), p["rotation"], p["pixel_scale"]) for p in pars}) == 1
+        assert len({tuple(p["crpix"]) for p in pars}) == 4
+        for t in g.tiles:  # one grid: tile pixel + origin = grid pixel
+            assert t.crpix == (g.crpix[0] - t.x0, g.crpix[1] - t.y0)
+        cover = np.zeros(g.shape[::-1], int)
+        for t in g.tiles:
+            cover[t.cy0:t.cy1, t.cx0:t.cx1] += 1
+        assert (cover == 1).all(), f"{filt}: tile cores must partition the grid"
+        assert all(t.x1 - t.cx1 == g.overlap_px or t.x1 == g.shape[0] for t in g.tiles)
+        planned = {u.unit_id for u in units if u.filter == filt}
+        assert set().union(*(t.units for t in g.tiles)) == planned
+    assert grids["F150W"].pixel_scale == 0.03 and grids["F277W"].pixel_scale == 0.06
+    assert grids["F150W"].crval == grids["F277W"].crval == (cfg.pointings.center_ra, cfg.pointings.center_dec)
+
+
+def test_cosmos_web_tiles_fit_a_node_and_know_their_inputs() -> None:
+    cfg = load_config(ROOT / "config" / "cosmos-web.yaml")
+    units = make_plan(cfg)
+    s = G.tiles_summary(cfg, units)
+    budget = cfg.mosaic.node_mem_gb * 1024 * (1 - G.NODE_RESERVE)
+    for filt, t in s.items():
+        assert t["tiles"] >= 20, (filt, t)  # COSMOS-Web itself needed 20
+        assert t["tile_mem_mb_max"] <= budget, (filt, t)
+        assert 0 < t["inputs_per_tile"]["max"] < 200
+
+
+def test_failed_units_block_only_the_tiles_they_touch() -> None:
+    cfg = demo_with(mosaic={"mode": "tiles", "tiles": [4, 4]})
+    units = make_plan(cfg)
+    mine = [u for u in units if u.filter == FILTER]
+    tasks = [Task(u.unit_id, "unit", 1.0, 10.0, unit=u) for u in mine]
+    bad = mine[0].unit_id
+    outcomes = {t.key: Outcome(t.key, "unit", "failed" if t.key == bad else "done") for t in tasks}
+    graph, blocked = TiledMosaics(cfg, None, units).graph(FILTER, tasks, outcomes)
+    g = G.filter_tiles(cfg, units)[FILTER]
+    touching = {t.tile_id for t in g.tiles if bad in t.units}
+    assert touching and len(touching) < len(g.tiles)
+    assert {k.rsplit("/", 1)[-1] for k in blocked} == touching
+    assert all(bad in why for why in blocked.values())
+    run_tiles = {t.spec["tile"] for t in graph if t.spec["phase"] == "tile"}
+    assert run_tiles == {t.tile_id for t in g.tiles if t.units} - touching
+    merge = [t for t in graph if t.spec["phase"] == "merge"]
+    assert len(merge) == 1 and set(merge[0].after) == {t.key for t in graph if t.spec["phase"] == "tile"}
+
+
+# --- the real chain ---------------------------------------------------------------------------
+@dataclass
+class Tiled:
+    survey: SurveyRun
+    plan_tile_mem_mb: float
+
+
+@pytest.fixture(scope="module")
+def tiled(tmp_path_factory: pytest.TempPathFactory, kit: Path) -> Tiled:
+    d = tmp_path_factory.mktemp("tiled")
+    cfg = demo_like(kit, d / "catalog.ecsv", instrument={"detectors": ["NRCB1"]}, mosaic={"mode": "tiles", "tiles": [2, 2]},
+                    engine={"progress_interval_s": 10.0})
+    survey = run_survey(d, cfg)
+    assert survey.proc.returncode == 0, survey.proc.stderr[-4000:]
+    conf = load_config(survey.config)
+    units = make_plan(conf)
+    pixels = {u.unit_id: G.cost.unit_pixels(u) for u in units}
+    est = max(G.tile_cost(t, pixels).mem_mb for t in G.filter_tiles(conf, units)[FILTER].tiles)
+    return Tiled(survey, est)
+
+
+def records(run: Path) -> list[dict]:
+    out = []
+    for f in journal_files(run / "journal"):
+        out.extend(read_file(f).records)
+    return sorted(out, key=lambda r: r["time"])
+
+
+def mosaic_done(run: Path) -> dict[str, dict]:
+    return {r["data"]["filter"]: r["data"] for r in records(run) if r["kind"] == "mosaic_done"}
+
+
+def check(tiled: Tiled, tmp_path: Path) -> dict:
+    proc = subprocess.run([sys.executable, str(ROOT / "tests" / "_tiles_check.py"), str(tiled.survey.config),
+                           str(tiled.survey.run), str(tmp_path / "single"), FILTER], capture_output=True, text=True,
+                          timeout=900, env=engine_env(), cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    line = next(ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT "))
+    return json.loads(line.removeprefix("RESULT "))
+
+
+def test_tiled_survey_products_science_and_memory(tiled: Tiled, tmp_path: Path) -> None:
+    run = tiled.survey.run
+    summary = json.loads((run / "summary.json").read_text())
+    sc = summary["mosaics"][FILTER]["science"]
+    assert all(sc["passed"].values()), sc  # the same thresholds as the single mosaic (stages/science.py)
+    tiles = sorted((run / "mosaic" / "tiles").glob(f"{PRODUCT}-r*c*_i2d.fits"))
+    assert len(tiles) >= 4
+    assert len(list((run / "mosaic" / "tiles").glob(f"{PRODUCT}-r*c*_segm.fits"))) == len(tiles)
+    index = json.loads((run / "mosaic" / f"{PRODUCT}_tiles.json").read_text())
+    assert len(index["tiles"]) == len(tiles) and not index["missing_tiles"]
+    assert all(t["made"] and t["inputs"] and len(t["core_sky_corners"]) == 4 for t in index["tiles"])
+    assert (run / "figures" / f"mosaic_{FILTER.lower()}.png").stat().st_size > 10_000
+    done = mosaic_done(run)
+    frozen = {uid: f for k, d in done.items() if "/astrometry/" in k for uid, f in d["extra"]["frozen_wcs"].items()}
+    assert len(frozen) == 12 and all(f["absolute"]["n_matches"] >= 5 and f["absolute"]["rmse_arcsec"] < 0.015
+                                     for f in frozen.values()), frozen
+    sky = {uid: e["sky_level"] for k, d in done.items() if "/outliers/" in k for uid, e in d["extra"]["exposures"].items()}
+    assert len(sky) == 12  # each exposure's sky decided once, in its own visit's task
+    # memory: the largest tile task's measured peak within the plan's estimate
+    peaks = [d["peak_rss_mb"] for k, d in done.items() if "/tile/" in k]
+    assert len(peaks) == 4 and max(peaks) <= tiled.plan_tile_mem_mb, (peaks, tiled.plan_tile_mem_mb)
+
+    r = check(tiled, tmp_path)
+    # Tile cores against one mosaic on the same grid from the same _crf files: drizzle adds each
+    # input's contribution to an output pixel in input order and only the inputs touching that pixel
+    # contribute, so the pixels are expected bit-identical; the tolerance allows float32 rounding of the
+    # pixel map (world <-> pixel through a different crpix), rel. 1e-6 of the tile's peak.
+    for tile_id, d in r["diffs"].items():
+        for arr, v in d.items():
+            assert v["nan_mismatch"] == 0 and v["n"] > 10_000, (tile_id, arr, v)
+            assert v["max_rel_to_peak"] <= 1e-6, (tile_id, arr, v)
+    stars = r["overlap_stars"]
+    assert len(stars) >= 5, stars
+    assert all(s["merged"] == 1 for s in stars), stars  # every overlap star exactly once
+    assert sum(s["tiles"] >= 2 for s in stars) >= 5, stars  # and the tiles really saw them twice or more
+    assert r["ids_unique"]
+
+
+def _copy_without_mosaic(run: Path, dest: Path) -> Path:
+    shutil.copytree(run, dest, ignore=shutil.ignore_patterns("mosaic", "summary.json", "provenance.h5"))
+    return dest
+
+
+def _mosaic_cmd(config: Path, out: Path, ranks: int | None) -> list[str]:
+    cmd = [sys.executable, "-m", "dream_hpc", "mosaic", str(config), "--out", str(out)]
+    return [str(MPIEXEC), "-n", str(ranks), *cmd] if ranks else cmd
+
+
+def assert_same_products(a: Path, b: Path) -> None:
+    """Tile pixel arrays and the merged catalog identical (FITS headers carry dates, so not the bytes)."""
+    from astropy.io import fits
+    from astropy.table import Table
+
+    names = sorted(p.name for p in (a / "mosaic" / "tiles").glob("*_i2d.fits"))
+    assert names and names == sorted(p.name for p in (b / "mosaic" / "tiles").glob("*_i2d.fits"))
+    for name in names:
+        with fits.open(a / "mosaic" / "tiles" / name) as x, fits.open(b / "mosaic" / "tiles" / name) as y:
+            for ext in ("SCI", "ERR", "WHT", "CON"):
+                assert np.array_equal(x[ext].data, y[ext].data, equal_nan=True), (name, ext)
+    ta = Table.read(a / "mosaic" / f"{PRODUCT}_cat.ecsv", format="ascii.ecsv")
+    tb = Table.read(b / "mosaic" / f"{PRODUCT}_cat.ecsv", format="ascii.ecsv")
+    assert ta.colnames == tb.colnames and len(ta) == len(tb) > 50
+    for col in ta.colnames:
+        if hasattr(ta[col], "ra"):  # sky coordinates (sky_centroid, sky_bbox_*)
+            assert np.array_equal(ta[col].ra.deg, tb[col].ra.deg, equal_nan=True), col
+            assert np.array_equal(ta[col].dec.deg, tb[col].dec.deg, equal_nan=True), col
+        else:
+            a, b = np.asarray(ta[col]), np.asarray(tb[col])
+            assert np.array_equal(a, b, equal_nan=a.dtype.kind == "f"), col  # NaN where no flux could be measured
+
+
+def test_two_ranks_make_bit_identical_tiles_and_catalog(tiled: Tiled, tmp_path: Path) -> None:
+    config, run = tiled.survey.config, tiled.survey.run
+    two = _copy_without_mosaic(run, tmp_path / "two")
+    proc = subprocess.run(_mosaic_cmd(config, two, 2), capture_output=True, text=True, timeout=1200,
+                          env=engine_env(), cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    ranks = {r["rank"] for r in records(two) if r["kind"] == "mosaic_start" and "/tile/" in r["data"]["filter"]}
+    assert ranks == {0, 1}, ranks  # both ranks made tiles
+    assert_same_products(run, two)
+
+
+def test_rank_killed_mid_tile_then_rerun_keeps_finished_tiles(tiled: Tiled, tmp_path: Path) -> None:
+    config, run = tiled.survey.config, tiled.survey.run
+    killed = _copy_without_mosaic(run, tmp_path / "killed")
+    copied = max(r["time"] for r in records(killed))  # the journal came along: only newer records count
+    p = subprocess.Popen(_mosaic_cmd(config, killed, 2), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                         env=engine_env(), cwd=ROOT)
+    try:
+        def rank1_mid_tile_after_a_tile_done():
+            recs = [r for r in records(killed) if r["time"] > copied]
+            tiles = [r for r in recs if "/tile/" in str(r.get("data", {}).get("filter"))]
+            if not any(r["kind"] == "mosaic_done" for r in tiles):
+                return None
+            mine = [r for r in tiles if r["rank"] == 1]
+            started = {r["data"]["filter"] for r in mine if r["kind"] == "mosaic_start"}
+            ended = {r["data"]["filter"] for r in mine if r["kind"] in ("mosaic_done", "mosaic_failed")}
+            if started - ended and mine[-1]["kind"] == "step" and mine[-1]["data"]["status"] == "start":
+                return mine[-1]["pid"]
+            return None
+
+        pid = wait_for(rank1_mid_tile_after_a_tile_done, 900, "rank 1 inside a tile after a tile finished", 0.2)
+        os.kill(pid, signal.SIGKILL)
+        p.communicate(timeout=120)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    assert p.returncode != 0
+    first = [r for r in records(killed) if r["time"] > copied]
+    done_before = {r["data"]["filter"] for r in first if r["kind"] == "mosaic_done" and "/tile/" in r["data"]["filter"]}
+    assert done_before
+    t_rerun = max(r["time"] for r in first)
+    rerun = subprocess.run(_mosaic_cmd(config, killed, None), capture_output=True, text=True, timeout=1200,
+                           env=engine_env(), cwd=ROOT)
+    assert rerun.returncode == 0, rerun.stderr[-4000:]
+    again = {r["data"]["filter"] for r in records(killed) if r["time"] > t_rerun and r["kind"] == "mosaic_start"}
+    assert again and not again & done_before, (again, done_before)  # finished tiles were not redone
+    killed_tiles = {r["data"]["filter"] for r in first if r["kind"] == "mosaic_start" and "/tile/" in r["data"]["filter"]}
+    assert killed_tiles - done_before <= again  # the tile cut short was made again
+    assert_same_products(run, killed)
