@@ -143,7 +143,9 @@ def test_tiled_survey_products_science_and_memory(tiled: Tiled, tmp_path: Path) 
     run = tiled.survey.run
     summary = json.loads((run / "summary.json").read_text())
     sc = summary["mosaics"][FILTER]["science"]
-    assert all(sc["passed"].values()), sc  # the same thresholds as the single mosaic (stages/science.py)
+    # the same thresholds as the single mosaic (stages/science.py); alignment from the per-visit tasks
+    assert all(sc["passed"][k] for k in ("completeness", "astrometry", "photometry", "alignment")), sc
+    assert summary["mosaics"][FILTER]["tweakreg"]["alignment"]["status"] == "fitted"
     tiles = sorted((run / "mosaic" / "tiles").glob(f"{PRODUCT}-r*c*_i2d.fits"))
     assert len(tiles) >= 4
     assert len(list((run / "mosaic" / "tiles").glob(f"{PRODUCT}-r*c*_segm.fits"))) == len(tiles)
@@ -260,3 +262,37 @@ def test_rank_killed_mid_tile_then_rerun_keeps_finished_tiles(tiled: Tiled, tmp_
     killed_tiles = {r["data"]["filter"] for r in first if r["kind"] == "mosaic_start" and "/tile/" in r["data"]["filter"]}
     assert killed_tiles - done_before <= again  # the tile cut short was made again
     assert_same_products(run, killed)
+
+
+def test_bad_frozen_wcs_is_named_and_never_used(tiled: Tiled, tmp_path: Path) -> None:
+    """A visit whose absolute fits matched fewer stars than mosaic.min_matches fails its astrometry
+    task naming an exposure and leaves no `_tweakreg` file behind; nothing downstream runs on it."""
+    import yaml
+
+    config, run = tiled.survey.config, tiled.survey.run
+    astro = {k: d for k, d in mosaic_done(run).items() if "/astrometry/" in k}
+    # a visit with more reference stars than any of its exposures matched: a min_matches equal to its
+    # reference count lets it try the fit and then distrust every frozen WCS it made
+    visit, n_ref = max(((k, d["extra"]["n_refcat_stars"]) for k, d in astro.items()
+                        if max(f["absolute"]["n_matches"] for f in d["extra"]["frozen_wcs"].values())
+                        < d["extra"]["n_refcat_stars"]), key=lambda kv: kv[1])
+    bad = _copy_without_mosaic(run, tmp_path / "bad")
+    data = yaml.safe_load(config.read_text())
+    data["mosaic"]["min_matches"] = n_ref
+    strict = tmp_path / "strict.yaml"
+    strict.write_text(yaml.safe_dump(data))
+    (bad / "config.yaml").write_text(strict.read_text())  # the run's own copy: resumed with this config
+    proc = subprocess.run(_mosaic_cmd(strict, bad, None), capture_output=True, text=True, timeout=900,
+                          env=engine_env(), cwd=ROOT)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0, out[-3000:]
+    failed = {r["data"]["filter"]: r["data"] for r in records(bad) if r["kind"] == "mosaic_failed"}
+    assert visit in failed, (visit, sorted(failed))
+    why = str(failed[visit].get("error"))
+    assert "frozen WCS not usable" in why and f"mosaic.min_matches={n_ref}" in why and "_nrcb1" in why, why
+    assert set(astro) <= set(failed)  # the others had too few reference stars even to try: also named
+    assert not list((bad / "mosaic" / "astrometry").glob("*_tweakreg.fits"))  # never left to be used
+    tiles = bad / "mosaic" / "tiles"
+    assert not (tiles.exists() and list(tiles.glob("*_i2d.fits")))
+    summary = json.loads((bad / "summary.json").read_text())
+    assert "error" in summary["mosaics"][FILTER], summary["mosaics"][FILTER]

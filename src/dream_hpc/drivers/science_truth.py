@@ -3,6 +3,7 @@ run's last line: did every science check pass? `dream-hpc survey --strict` exits
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from dream_hpc.config import SurveyConfig
@@ -15,29 +16,47 @@ def alignment_check(cfg: SurveyConfig, run: RunDir, view: RunView, filt: str, tw
                     check: dict[str, Any]) -> dict[str, Any]:
     """Per exposure and filter, the WCS error against the true pointing before/after alignment; sets
     check["passed"]["alignment"] (an exposure left off by more than the tolerance fails it)."""
-    from dream_hpc.stages import astrometry_truth
+    from dream_hpc.stages import astrometry_truth, tiles
 
     units = [WorkUnit.from_dict(p) for p in view.planned.values() if str(p.get("filter", "")).upper() == filt]
     done = [u for u in units if view.units.get(u.unit_id) and view.units[u.unit_id].status == "done"]
-    truth = astrometry_truth.check_exposures(run, done, tweak.get("alignment"))
+    crf_of = tiles.crf_path if cfg.mosaic.mode == "tiles" else astrometry_truth.crf_path
+    truth = astrometry_truth.check_exposures(run, done, tweak.get("alignment"), crf_of)
     truth["mosaic_offset"] = astrometry_truth.mosaic_offset_mas(check)
     truth["tweakreg_status"] = (tweak.get("alignment") or {}).get("status", "unknown")
     check.setdefault("passed", {})["alignment"] = bool(truth["passed"])
     from dream_hpc.stages.truth_products import write_matched_catalog
 
     out = {"alignment_truth": truth, "matched_catalog": run.rel(write_matched_catalog(run, filt, check))}
-    out["sky"] = sky_matching(run, done, check)
+    out["sky"] = sky_matching(run, [crf_of(run, u) for u in done], check)
     return out
+
+
+def tiled_tweakreg(cfg: SurveyConfig, view: RunView, filt: str) -> dict[str, Any]:
+    """A tiled mosaic's alignment outcome from its per-visit astrometry tasks (stages/tile_alignment.py),
+    in the shape the single Image3 reports it: "fitted" only when every exposure group was aligned."""
+    from dream_hpc.stages import tile_alignment
+    from dream_hpc.stages.image3 import MAX_FIT_RMSE_PX
+
+    units = [WorkUnit.from_dict(p) for p in view.planned.values() if str(p.get("filter", "")).upper() == filt]
+    done = [u for u in units if view.units.get(u.unit_id) and view.units[u.unit_id].status == "done"]
+    channel = units[0].channel if units else "SHORT"
+    scale = cfg.mosaic.pixel_scale_sw if channel == "SHORT" else cfg.mosaic.pixel_scale_lw
+    alignment = tile_alignment.from_tasks(view.mosaic_tasks, filt, done, cfg.mosaic.min_matches,
+                                          MAX_FIT_RMSE_PX * scale)
+    fitted = alignment["status"] == "fitted"
+    return {"fitted": fitted, "alignment": alignment, "status": "per-visit astrometry tasks",
+            "reason": "" if fitted else f"{len(alignment['unaligned_groups'])} exposure group(s) not aligned"}
 
 
 MAX_SKY_PAIR_SIGMA = 5.0  # exposures' levels after skymatch may differ by this many errors of their medians
 
 
-def sky_matching(run: RunDir, units: list[WorkUnit], check: dict[str, Any]) -> dict[str, Any] | None:
+def sky_matching(run: RunDir, crf_paths: list[Path], check: dict[str, Any]) -> dict[str, Any] | None:
     """Background levels between exposures after skymatch (stages/sky_check.py); sets passed["sky_matching"]."""
-    from dream_hpc.stages import astrometry_truth, sky_check
+    from dream_hpc.stages import sky_check
 
-    crfs = [p for p in (astrometry_truth.crf_path(run, u) for u in units) if p.is_file()]
+    crfs = [p for p in crf_paths if p.is_file()]
     i2d = check.get("_i2d")
     if len(crfs) < 2 or not i2d:
         return None

@@ -42,12 +42,14 @@ def science_checks(cfg: SurveyConfig, run: RunDir, view: RunView, filters: set[s
         extra = m.data.get("extra", {})
         entry: dict[str, Any] = {k: extra.get(k) for k in ("product", "n_inputs", "i2d", "segm", "cat", "preview",
                                                             "tweakreg", "n_refcat_stars", "refcat")}
+        if extra.get("phase") == "merge":  # a tiled mosaic: aligned by its per-visit astrometry tasks
+            entry["tweakreg"] = science_truth.tiled_tweakreg(cfg, view, filt)
         entry.update(wall_s=m.data.get("wall_s"), cpu_s=m.data.get("cpu_s"), peak_rss_mb=m.data.get("peak_rss_mb"),
                      step_times=m.data.get("step_times", {}), log=log)
         t0 = time.monotonic()
         try:
             check = science.check_filter(cfg, filt, run.root / extra["i2d"], run.root / extra["cat"], run.root)
-            check.update(science_truth.alignment_check(cfg, run, view, filt, extra.get("tweakreg") or {}, check))
+            check.update(science_truth.alignment_check(cfg, run, view, filt, entry["tweakreg"] or {}, check))
             figure = run.figures / f"science_{filt.lower()}.png"
             science.figure([check], figure)
             entry["science"] = science.public(check)

@@ -21,17 +21,10 @@ from typing import Any
 from dream_hpc.config import SurveyConfig
 from dream_hpc.core.workunit import WorkUnit
 from dream_hpc.engine.tasks import Task
+from dream_hpc.plan.grid import task_label, visit_id
 
 MERGE_COST_S = 2.0  # per tile: read its catalog, copy its core into the preview
 OK = ("done", "skipped")
-
-
-def visit_key(u: WorkUnit) -> str:
-    return f"o{u.observation:03d}v{u.visit:03d}"
-
-
-def label(filt: str, phase: str, ident: str) -> str:
-    return f"{filt}/{phase}/{ident}"
 
 
 def _key(lbl: str) -> str:
@@ -115,11 +108,11 @@ class TiledMosaics:
         units = [self.by_id[uid] for uid in sorted(ok)]
         visits: dict[str, list[WorkUnit]] = {}
         for u in units:
-            visits.setdefault(visit_key(u), []).append(u)
+            visits.setdefault(visit_id(u), []).append(u)
         tasks: list[Task] = []
         astro = {}
         for v, us in sorted(visits.items()):
-            lbl = label(filt, "astrometry", v)
+            lbl = task_label(filt, "astrometry", v)
             astro[v] = _key(lbl)
             tasks.append(self._task(lbl, "astrometry", us, {"group": v}, [ok[u.unit_id].key for u in us],
                                     self._cost("astrometry", us), filt))
@@ -127,19 +120,19 @@ class TiledMosaics:
         for v, us in sorted(visits.items()):
             box = (min(self._unit_boxes[u.unit_id][0] for u in us), max(self._unit_boxes[u.unit_id][1] for u in us),
                    min(self._unit_boxes[u.unit_id][2] for u in us), max(self._unit_boxes[u.unit_id][3] for u in us))
-            pads = [u for u in units if visit_key(u) != v and _overlaps(box, self._unit_boxes[u.unit_id])]
+            pads = [u for u in units if visit_id(u) != v and _overlaps(box, self._unit_boxes[u.unit_id])]
             group = us + pads
-            lbl = label(filt, "outliers", v)
+            lbl = task_label(filt, "outliers", v)
             outl[v] = _key(lbl)
             tasks.append(self._task(lbl, "outliers", group, {"group": v, "own": [u.unit_id for u in us]},
-                                    sorted({astro[visit_key(u)] for u in group}), self._cost("outliers", group), filt))
+                                    sorted({astro[visit_id(u)] for u in group}), self._cost("outliers", group), filt))
         tile_keys = []
         planned = [t.tile_id for t in g.tiles if t.units]
         for tile in g.tiles:
             if not tile.units:
                 continue
             lost = [uid for uid in tile.units if uid in bad]
-            lbl = label(filt, "tile", tile.tile_id)
+            lbl = task_label(filt, "tile", tile.tile_id)
             if lost and not self.cfg.engine.allow_partial_mosaic:
                 blocked[lbl] = (f"tile {filt} {tile.tile_id} not run: {len(lost)} of its {len(tile.units)} exposures "
                                 f"did not finish ({', '.join(lost[:6])}{' ...' if len(lost) > 6 else ''}); rerun to "
@@ -151,7 +144,7 @@ class TiledMosaics:
             key = _key(lbl)
             tile_keys.append(key)
             tasks.append(self._task(lbl, "tile", us, {"grid": g.to_dict(), "tile": tile.tile_id, "fresh_worker": True},
-                                    sorted({outl[visit_key(u)] for u in us}), self._cost("tile", us, tile), filt))
+                                    sorted({outl[visit_id(u)] for u in us}), self._cost("tile", us, tile), filt))
         if tile_keys:
             tasks.append(self._task(filt, "merge", units, {"grid": g.to_dict(), "planned": planned}, tile_keys,
                                     MERGE_COST_S * len(tile_keys), filt))

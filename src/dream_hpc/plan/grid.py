@@ -267,3 +267,14 @@ def format_tiles(summary: dict[str, Any]) -> list[str]:
                      f"{ipt['min']}-{ipt['max']} inputs each (mean {ipt['mean']}); per tile task up to "
                      f"{s['tile_cpu_s_max'] / 60:.1f} CPU-min, {s['tile_mem_mb_max'] / 1024:.2f} GiB")
     return lines
+
+
+# --- task names: one scheme for the engine's graph (engine/mosaic_graph.py) and its readers ----------
+def visit_id(unit: WorkUnit) -> str:
+    """A visit in tiled-mosaic task labels, e.g. the `o001v003` of `F150W/astrometry/o001v003`."""
+    return f"o{unit.observation:03d}v{unit.visit:03d}"
+
+
+def task_label(filt: str, phase: str, ident: str) -> str:
+    """`FILTER/phase/id` (astrometry and outliers per visit, tile per tile id); the merge is `FILTER`."""
+    return f"{filt}/{phase}/{ident}"

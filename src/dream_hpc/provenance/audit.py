@@ -271,8 +271,10 @@ def report(result: AuditResult) -> list[str]:
     for u in units.values():
         for name, st in u["stages"].items():
             stages.setdefault(name, []).append(st["attrs"])
-    for name, st in v["mosaics"].items():
-        stages.setdefault("image3", []).append(st["attrs"] | {"mosaic": name})
+    for name, st in v["mosaics"].items():  # a tiled mosaic's tasks by phase: astrometry, outliers, tile
+        tiled = any(k.startswith(f"{name}/") for k in v["mosaics"])
+        phase = name.split("/")[1] if "/" in name else "merge" if tiled else "image3"
+        stages.setdefault(phase, []).append(st["attrs"] | {"mosaic": name})
     lines.append(f"  {'stage':10s} {'runs':>5s} {'done':>5s} {'wall':>10s} {'cpu':>10s} {'peak RSS max':>13s}")
     all_attrs = []
     for name, attrs in sorted(stages.items(), key=lambda kv: stage_key(kv[0])):
@@ -286,8 +288,15 @@ def report(result: AuditResult) -> list[str]:
                  f"{_max([a.get('peak_rss_mb') for a in all_attrs]):10.0f} MB")
     for name, st in v["mosaics"].items():
         a = st["attrs"]
+        if "/" in name and a.get("status") == "done":
+            continue  # a finished tile task: counted in the table above and below, not listed one by one
         lines.append(f"mosaic      {name}: {a.get('status')}, {len(st['inputs'])} inputs, {len(st['outputs'])} outputs"
                      + (f": {a.get('error')}" if a.get("error") else ""))
+        tasks = [t for k, t in v["mosaics"].items() if k.startswith(f"{name}/")]
+        if tasks:
+            ok = sum(t["attrs"].get("status") == "done" for t in tasks)
+            lines.append(f"            {name}: tiled, {ok}/{len(tasks)} tasks done (astrometry and outliers per visit, "
+                         "tiles), their products checked below")
     for uid, u in units.items():
         for name, st in u["stages"].items():
             a = st["attrs"]

@@ -146,8 +146,9 @@ def view_from_flat(flat: dict[str, Any], path: Path) -> dict[str, Any]:
         elif parts[0] == "units" and len(parts) == 3 and obj not in data:
             view["units"].setdefault(parts[1], {"attrs": {}, "outputs": {}, "stages": {}})["stages"][parts[2]] = (
                 _stage_view(attrs[obj], data, obj))
-        elif parts[0] == "mosaic" and len(parts) == 2:
-            view["mosaics"][parts[1]] = _stage_view(attrs[obj], data, obj)
+        elif parts[0] == "mosaic" and len(parts) >= 2 and obj not in data and "status" in attrs[obj]:
+            # a filter's mosaic (F150W), or a task of a tiled one (F150W/astrometry/o001v001, .../tile/r0c1)
+            view["mosaics"]["/".join(parts[1:])] = _stage_view(attrs[obj], data, obj)
     return view
 
 

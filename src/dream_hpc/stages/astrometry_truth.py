@@ -14,7 +14,7 @@ is exactly the case of a group tweakreg could not fit while the pointing error e
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -52,8 +52,10 @@ def crf_path(run: Any, unit: WorkUnit) -> Path:
     return run.mosaic / f"{unit.unit_id}_o{unit.observation:03d}_crf.fits"
 
 
-def check_exposures(run: Any, units: Sequence[WorkUnit], alignment: dict[str, Any] | None) -> dict[str, Any]:
-    """Per exposure and per filter: WCS error against the truth before and after alignment."""
+def check_exposures(run: Any, units: Sequence[WorkUnit], alignment: dict[str, Any] | None,
+                    crf_of: Callable[[Any, WorkUnit], Path] = crf_path) -> dict[str, Any]:
+    """Per exposure and per filter: WCS error against the truth before and after alignment (the WCS
+    each exposure was drizzled with: its `_crf`, from the single Image3 or a tiled mosaic's outliers task)."""
     from dream_hpc.stages.contract import product_path
     from dream_hpc.stages.truth_products import read_pointing
 
@@ -76,7 +78,7 @@ def check_exposures(run: Any, units: Sequence[WorkUnit], alignment: dict[str, An
                                "before": _summary(before), "after": None,
                                "aligned": aligned.get(pointing_error.exposure_key(unit))}
         before_all.append(before)
-        crf = crf_path(run, unit)
+        crf = crf_of(run, unit)
         if crf.is_file():
             ra_a, dec_a = _sky(crf)
             after = _offsets_mas(ra_a, dec_a, ra_t, dec_t)

@@ -245,7 +245,7 @@ def run_merge(spec: dict[str, Any], units: Sequence[WorkUnit], ctx: StageContext
                    {"phase": "merge", "filter": filt, "product": name, "n_tiles": len(tiles),
                     "missing_tiles": missing, "n_sources": len(merged), "kept_per_tile": kept,
                     "n_inputs": len({u for d in made.values() for u in d["inputs"]}),
-                    "tweakreg": spec.get("tweakreg", {"fitted": True}), "n_refcat_stars": n_ref,
+                    "tweakreg": {"per_visit": True, "see": "astrometry tasks"}, "n_refcat_stars": n_ref,
                     "i2d": run.rel(assembled) if assembled else None, "cat": run.rel(cat_path),
                     "asn": run.rel(asn_path), "segm": run.rel(run.mosaic / f"{name}_segm.fits") if assembled else None,
                     "tile_index": run.rel(index_path), "preview": run.rel(png),
