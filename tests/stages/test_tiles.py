@@ -144,7 +144,8 @@ def test_tiled_survey_products_science_and_memory(tiled: Tiled, tmp_path: Path) 
     summary = json.loads((run / "summary.json").read_text())
     sc = summary["mosaics"][FILTER]["science"]
     # the same thresholds as the single mosaic (stages/science.py); alignment from the per-visit tasks
-    assert all(sc["passed"][k] for k in ("completeness", "astrometry", "photometry", "alignment")), sc
+    assert set(sc["passed"]) >= {"completeness", "astrometry", "photometry", "alignment", "sky_matching"}, sc
+    assert all(sc["passed"].values()), sc
     assert summary["mosaics"][FILTER]["tweakreg"]["alignment"]["status"] == "fitted"
     tiles = sorted((run / "mosaic" / "tiles").glob(f"{PRODUCT}-r*c*_i2d.fits"))
     assert len(tiles) >= 4
@@ -296,3 +297,26 @@ def test_bad_frozen_wcs_is_named_and_never_used(tiled: Tiled, tmp_path: Path) ->
     assert not (tiles.exists() and list(tiles.glob("*_i2d.fits")))
     summary = json.loads((bad / "summary.json").read_text())
     assert "error" in summary["mosaics"][FILTER], summary["mosaics"][FILTER]
+
+
+def test_sky_check_judges_overlaps_and_catches_an_offset(tiled: Tiled, tmp_path: Path) -> None:
+    """The sky-matching check (stages/sky_check.py) compares overlapping exposures where skymatch fitted
+    them; a level offset of 10 errors added to one exposure after skymatch makes it fail."""
+    from stdatamodels.jwst import datamodels
+
+    from dream_hpc.stages import sky_check
+
+    run = tiled.survey.run
+    crfs = sorted((run / "mosaic" / "outliers").glob("*_crf.fits"))
+    i2d = run / "mosaic" / f"{PRODUCT}_i2d.fits"
+    ok = sky_check.check(crfs, i2d)
+    assert ok["n_pairs"] >= len(crfs) - 1 and ok["max_abs_pair_difference_sigma"] <= 5.0, ok["worst_pair"]
+    victim = crfs[0]
+    err = max(p["error"] for p in ok["pairs"] if victim.name in (p["a"], p["b"]))
+    shifted = tmp_path / victim.name
+    with datamodels.open(victim) as model:
+        model.data = model.data + np.float32(10.0 * err)
+        model.save(shifted)
+    bad = sky_check.check([shifted, *crfs[1:]], i2d)
+    mine = [abs(p["sigma"]) for p in bad["pairs"] if victim.name in (p["a"], p["b"])]
+    assert mine and min(mine) > 5.0 and bad["max_abs_pair_difference_sigma"] > 5.0, mine
