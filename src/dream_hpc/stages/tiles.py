@@ -102,13 +102,16 @@ def _jwst(quiet_paths: bool = True) -> Iterator[None]:
         yield
 
 
-def _pipeline(ctx: StageContext, asn: Path, overrides: dict[str, dict[str, Any]], workdir: Path,
-              save: bool = False) -> Any:
+@contextlib.contextmanager
+def _image3(ctx: StageContext, stem: str, asn: Path, overrides: dict[str, dict[str, Any]],
+            save: bool = False) -> Iterator[tuple[Any, Path]]:
+    """(Image3 pipeline, its scratch directory) with jwst's logging captured; the scratch is removed after."""
     from dream_hpc.stages.calibrate import build_pipeline, settle_heap, validate_overrides
 
-    validate_overrides(ctx)
-    settle_heap()
-    return build_pipeline("image3", asn, overrides, workdir, save_results=save)
+    with _scratch(ctx.run, stem) as workdir, _jwst():
+        validate_overrides(ctx)
+        settle_heap()
+        yield build_pipeline("image3", asn, overrides, workdir, save_results=save), workdir
 
 
 # --- 1. astrometry ---------------------------------------------------------------------------
@@ -190,10 +193,9 @@ def run_astrometry(spec: dict[str, Any], units: Sequence[WorkUnit], ctx: StageCo
     overrides = image3_overrides(cfg, refcat)
     times: dict[str, float] = {}
     frozen: dict[str, dict[str, Any]] = {}
-    with _scratch(run, f"astrometry-{stem}") as workdir, _jwst():
-        from dream_hpc.stages.calibrate import step_events
+    from dream_hpc.stages.calibrate import step_events
 
-        pipe = _pipeline(ctx, asn, overrides, workdir)
+    with _image3(ctx, f"astrometry-{stem}", asn, overrides) as (pipe, _):
         params = pipe.get_pars()
         with _captured_fits() as fits, step_events(pipe, STAGE, ctx, times):
             library = pipe.tweakreg.run(str(asn))
@@ -249,10 +251,9 @@ def run_outliers(spec: dict[str, Any], units: Sequence[WorkUnit], ctx: StageCont
     overrides = image3_overrides(cfg, None)
     times: dict[str, float] = {}
     facts: dict[str, dict[str, Any]] = {}
-    with _scratch(run, f"outliers-{stem}") as workdir, _jwst():
-        from dream_hpc.stages.calibrate import step_events
+    from dream_hpc.stages.calibrate import step_events
 
-        pipe = _pipeline(ctx, asn, overrides, workdir)
+    with _image3(ctx, f"outliers-{stem}", asn, overrides) as (pipe, workdir):
         pipe.outlier_detection.mode = "imaging"
         params = pipe.get_pars()
         with step_events(pipe, STAGE, ctx, times):
@@ -307,8 +308,7 @@ def run_tile(spec: dict[str, Any], units: Sequence[WorkUnit], ctx: StageContext)
     name = tile_product(units, tile.tile_id)
     asn = _asn(units, crf, out / f"{name}_asn.json", name)
     times: dict[str, float] = {}
-    with _scratch(run, f"tile-{name}") as workdir, _jwst():
-        pipe = _pipeline(ctx, asn, tile_overrides(cfg, grid, tile), workdir, save=True)
+    with _image3(ctx, f"tile-{name}", asn, tile_overrides(cfg, grid, tile), save=True) as (pipe, workdir):
         params = pipe.get_pars()
         with step_events(pipe, STAGE, ctx, times):
             pipe.run(str(asn))
