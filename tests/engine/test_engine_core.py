@@ -249,6 +249,12 @@ def test_progress_line_counts_and_eta():
     p.on_outcome(Outcome("b", "unit", "failed", stage="image2", step="photom", error="KeyError: x"))
     assert "units 1/3 done, 1 failed" in p.text() and "ETA" in p.text()
     assert "unit b failed in image2/photom: KeyError: x" in stream.getvalue()
+    # a tiled mosaic: its tasks show by phase; only the filter's merge counts as the mosaic
+    for key in ("mosaic_F150W/astrometry/o001v001", "mosaic_F150W/astrometry/o001v002", "mosaic_F150W/tile/r0c0"):
+        p.on_outcome(Outcome(key, "mosaic", "done"))
+    assert "mosaic 0/1 (astrometry 2, tile 1 done)" in p.text()
+    p.on_outcome(Outcome("mosaic_F150W", "mosaic", "done"))
+    assert "mosaic 1/1" in p.text()
 
 
 def test_fault_hook_syntax_is_checked():

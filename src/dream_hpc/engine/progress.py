@@ -26,6 +26,7 @@ class Progress:
         self.n_done = self.n_failed = self.n_skipped = self.n_missing = 0
         self.cost_finished = self.cost_computed = 0.0
         self.n_mosaics, self.mosaics_done = n_mosaics, 0
+        self.tile_tasks_done: dict[str, int] = {}  # tiled mosaics: phase (astrometry, outliers, tile) -> done
 
     def on_start(self, key: str, stage: str, verified: tuple[str, ...] = ()) -> None:
         """A task began at `stage`; `verified` stages were already done in an earlier attempt."""
@@ -46,6 +47,9 @@ class Progress:
         ok = oc.status in ("done", "skipped")
         if oc.kind == "mosaic":
             self.mosaics_done += ok and "/" not in oc.key  # a tiled mosaic's tasks: only its merge counts
+            if ok and "/" in oc.key:
+                phase = oc.key.split("/")[1]
+                self.tile_tasks_done[phase] = self.tile_tasks_done.get(phase, 0) + 1
             if not ok:
                 self._line(f"mosaic {oc.key} {oc.status} in {oc.step or '-'}: {oc.error}")
             return
@@ -84,6 +88,8 @@ class Progress:
                             + (f" {self.failed[s]} failed" if self.failed[s] else "") for s in STAGES)
         mos = f" | mosaic {self.mosaics_done}/{self.n_mosaics}" + (
             f" +{running['mosaic']} run" if running.get("mosaic") else "") if self.n_mosaics else ""
+        if self.tile_tasks_done:
+            mos += " (" + ", ".join(f"{p} {n}" for p, n in self.tile_tasks_done.items()) + " done)"
         eta = self.eta()
         eta_s = f" | ETA {fmt_duration(eta)}" if eta is not None else ""
         skipped = f" ({self.n_skipped} already done)" if self.n_skipped else ""
