@@ -92,8 +92,8 @@ def alignment_lines(science: dict[str, Any]) -> list[str]:
     sky = science.get("sky")
     if sky and sky.get("max_abs_pair_difference_sigma") is not None:
         ok_sky = "ok" if sky["max_abs_pair_difference_sigma"] <= sky["tolerance_sigma"] else "OFF"
-        lines.append(f"      sky matching: exposure levels after skymatch differ by <= "
-                     f"{sky['max_abs_pair_difference_sigma']:.1f} sigma ({sky['n_pairs']} pairs) [{ok_sky}]; mosaic "
+        lines.append(f"      sky matching: overlapping exposures after skymatch differ by <= "
+                     f"{sky['max_abs_pair_difference_sigma']:.1f} sigma ({sky['n_pairs']} overlapping pairs) [{ok_sky}]; mosaic "
                      f"background median {sky['mosaic_background_in_pixel_sigma']:+.2f} pixel sigma")
     g = science.get("galaxies")
     if g:
