@@ -156,7 +156,7 @@ def test_survey_through_slurm(local_slurm, slurm_survey: Submission) -> None:
     facts = starts[0]["data"]
     assert facts["mpi_size"] == 2 and facts.get("launcher") == "srun"
     assert facts["slurm"]["job_id"] == sub.survey_job and facts["slurm"]["nodelist"]
-    assert starts[1]["data"]["mpi_size"] == 1 and starts[1]["data"]["slurm"]["job_id"] == sub.image3_job
+    assert starts[1]["data"]["mpi_size"] == 2 and starts[1]["data"]["slurm"]["job_id"] == sub.image3_job  # the tiles run on both ranks
     assert {r["rank"] for r in journal_records(sub.run) if r["kind"] == "unit_done"} <= {0, 1}
     assert "audit" in sub.log(sub.image3_job, "dream-image3")
 
