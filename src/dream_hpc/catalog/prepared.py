@@ -298,6 +298,10 @@ class PreparedCatalog:
     def close(self) -> None:
         self._h5.close()
 
+    def row_ranges(self, cells: np.ndarray) -> list[tuple[int, int]]:
+        """Contiguous row ranges of the occupied `cells`, the large galaxies' cell included."""
+        return self._ranges(np.asarray(cells, np.int64))
+
     def _ranges(self, cells: np.ndarray) -> list[tuple[int, int]]:
         """Contiguous row ranges of the occupied `cells` (sorted), the large galaxies' cell included."""
         cells = np.union1d(cells, [BIG_CELL])
