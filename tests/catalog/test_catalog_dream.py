@@ -313,3 +313,38 @@ def test_an_id_repeated_in_two_chunks_is_refused(tmp_path: Path, kind: str) -> N
     main["ID"] = ids if kind == "int" else np.array([f"DREaM-{i:07d}" for i in ids])
     main.write(main_path, overwrite=True)
     assert prepared.prepare(cfg, units, tmp_path / "prep.h5", chunk_rows=1000).report.n_rows == 6000
+
+
+def test_sampled_positions_keep_the_density(tmp_path: Path) -> None:
+    """A bounded subsample of the prepared rows, weighted, gives every region's count within noise."""
+    main_path, phot_path, *_ = dream_pair(tmp_path, n=20_000, half_width_arcsec=150.0)
+    cfg = config(tmp_path, main_path, phot_path)
+    prep = prepared.open_prepared(prepared.prepare(cfg, pointings.make_plan(cfg), tmp_path / "p.h5").path)
+    everything = prep.everything().sources
+    ra, dec, weight = prep.sample_positions(max_rows=2000)
+    assert len(ra) <= 2000 and weight * len(ra) == pytest.approx(prep.n_rows)
+    # four quadrants about the median position: weighted sample counts against the true counts
+    ra0, dec0 = np.median(everything.ra), np.median(everything.dec)
+    for east in (True, False):
+        for north in (True, False):
+            true = np.sum(((everything.ra > ra0) == east) & ((everything.dec > dec0) == north))
+            got = weight * np.sum(((ra > ra0) == east) & ((dec > dec0) == north))
+            assert got == pytest.approx(true, rel=0.12), (east, north)
+
+
+def test_plan_out_never_loads_the_whole_catalog(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`plan --out` draws the density from the prepared catalog (written once to the user cache,
+    then reused), not from the whole catalog in memory."""
+    from dream_hpc.cli import main
+
+    main_path, phot_path, *_ = dream_pair(tmp_path, n=3000, half_width_arcsec=60.0)
+    cfg = config(tmp_path, main_path, phot_path)
+
+    def whole(*_a: Any, **_k: Any) -> None:
+        raise AssertionError("plan --out loaded the whole catalog")
+
+    monkeypatch.setattr(reader, "load_catalog", whole)
+    assert main(["plan", str(cfg.source), "--out", str(tmp_path / "run")]) == 0
+    assert (tmp_path / "run" / "figures" / "footprint.png").stat().st_size > 20_000
+    cached = sorted((tmp_path / "cache" / "catalogs").glob("*.h5"))
+    assert len(cached) == 1 and prepared.prepare(cfg, pointings.make_plan(cfg)).reused
