@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -88,6 +89,25 @@ class CatalogIds:
         rows = rows_of(value)[:3]
         raise self.error(f"catalog.columns.id: column {self.column!r} in {self.path} repeats {n_repeated} ids "
                          f"(e.g. {_plain(value)!r} in rows {', '.join(map(str, rows))}); {ID_FIX}")
+
+
+def catalog_ids(inputs: Any, column: str, error: Callable[[str], Exception]) -> CatalogIds | None:
+    """The catalog-wide id check of opened catalog `inputs` (tables.Inputs), None without an id column
+    (the row numbers are the ids then)."""
+    if "id" not in inputs.columns:
+        return None
+    return CatalogIds(inputs.n_rows, column, inputs.main.path, error)
+
+
+def rows_with_id(inputs: Any, value: Any, chunk_rows: int) -> list[int]:
+    """The first file rows holding id `value` (a second pass over the id column, on the error path only)."""
+    rows: list[int] = []
+    for start in range(0, inputs.n_rows, chunk_rows):
+        ids = np.asarray(inputs.read("id", start, start + chunk_rows))
+        rows += (start + np.flatnonzero(ids.astype(str) == str(value) if ids.dtype.kind == "O" else ids == value)).tolist()
+        if len(rows) >= 3:
+            break
+    return rows
 
 
 def declared_units(path: Path, kind: str) -> dict[str, str]:

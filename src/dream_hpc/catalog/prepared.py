@@ -18,6 +18,9 @@ disc by the largest galaxy in the catalog.
 The file records what it was made from (`key`: the source files' path/size/mtime, the catalog
 settings, the filters, the footprint); a changed source or config re-prepares it, an unchanged one
 is reused (resumable: written to a temporary name and renamed when complete).
+
+Writing and reading the file are one concern, kept in one module so that its layout (the compound
+`sources` dataset, the cell index, the attributes) is defined in one place.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from typing import Any
 
 import numpy as np
 
+from dream_hpc.catalog import column_checks
 from dream_hpc.catalog.reader import (
     Catalog,
     CatalogError,
@@ -183,7 +187,7 @@ def prepare(cfg: SurveyConfig, units: list[WorkUnit], out: Path | None = None,
     span = [np.inf, -np.inf, np.inf, -np.inf]  # RA, Dec range of every usable row (for the off-footprint message)
     try:
         with open_inputs(cfg, filters) as inputs, h5py.File(stage_path, "w") as stage:
-            ids = _catalog_ids(cfg, inputs)
+            ids = column_checks.catalog_ids(inputs, cfg.catalog.columns.id, CatalogError)
             for start in range(0, max(inputs.n_rows, 1), chunk_rows):
                 src, rep = read_sources(cfg, filters, inputs, start, start + chunk_rows)
                 if ids is not None:  # each chunk was checked on its own; repeats across chunks: below
@@ -209,7 +213,7 @@ def prepare(cfg: SurveyConfig, units: list[WorkUnit], out: Path | None = None,
                     _append(stage, f"mag_{f}", kept.mags[f])
             assert report is not None
             if ids is not None:
-                ids.check(lambda value: _rows_with_id(inputs, value, chunk_rows))
+                ids.check(lambda value: column_checks.rows_with_id(inputs, value, chunk_rows))
             describe(inputs, report, sec.columns.mag)
         report.path = str(cfg.resolve(sec.path))
         area = hull_area_deg2(np.concatenate(hull)) if hull else 0.0
@@ -229,26 +233,6 @@ def prepare(cfg: SurveyConfig, units: list[WorkUnit], out: Path | None = None,
     (log.warning if report.n_bad else log.info)(report.line())
     log.info("prepared catalog %s: %s rows near the footprint (%.1f s)", out, f"{n:,}", seconds)
     return PrepareResult(out, False, seconds, n, report)
-
-
-def _catalog_ids(cfg: SurveyConfig, inputs: Any) -> Any:
-    """The catalog-wide id check when the catalog has an id column (else row numbers are the ids)."""
-    from dream_hpc.catalog import column_checks
-
-    if "id" not in inputs.columns:
-        return None
-    return column_checks.CatalogIds(inputs.n_rows, cfg.catalog.columns.id, inputs.main.path, CatalogError)
-
-
-def _rows_with_id(inputs: Any, value: Any, chunk_rows: int) -> list[int]:
-    """File rows holding id `value` (a second pass, on the error path only)."""
-    rows: list[int] = []
-    for start in range(0, inputs.n_rows, chunk_rows):
-        ids = np.asarray(inputs.read("id", start, start + chunk_rows))
-        rows += (start + np.flatnonzero(ids.astype(str) == str(value) if ids.dtype.kind == "O" else ids == value)).tolist()
-        if len(rows) >= 3:
-            break
-    return rows
 
 
 def _write_sorted(stage_path: Path, out: Path, nside: int, filters: list[str], key: str, report: RowReport,
