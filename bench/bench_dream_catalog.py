@@ -12,6 +12,8 @@ then measures, each in a fresh subprocess (peak RSS is per process):
   through the KD-tree: load time, per-unit time, peak RSS above the same baseline;
 - `check`: `dream-hpc catalog check` on the cosmos-web plan (12,160 units), warm (prepared file
   reused) and cold (prepared again);
+- `plan --out`: the footprint figure from a subsample of the prepared catalog in the user cache,
+  cold (prepares it) and warm (reuses it), against the `whole` load it did before;
 
 and prints the ratios whole / prepared. Nothing here is a timed test.
 
@@ -258,6 +260,16 @@ def main() -> int:
         wall_c, peak_c, out = timed_cli(["catalog", "check", str(config), "--prepared", str(prep)], env)
         print(f"catalog check (cold, prepares):       {wall_c:6.1f} s, peak RSS {peak_c:.0f} MB")
         print("  " + "\n  ".join(out.strip().splitlines()))
+        # plan --out's footprint figure: before, the whole catalog in memory (the `whole` load above);
+        # now a bounded subsample of the prepared catalog in the user cache (prepared there once)
+        run_dir = d / "plan-run"
+        shutil.rmtree(d / "cache", ignore_errors=True)
+        for state in ("cold, prepares into the cache", "warm, cached prepared catalog reused"):
+            shutil.rmtree(run_dir, ignore_errors=True)
+            wall_p, peak_p, _ = timed_cli(["plan", str(config), "--out", str(run_dir)], env)
+            print(f"plan --out ({state}): {wall_p:6.1f} s, peak RSS {peak_p:.0f} MB")
+        print(f"  (before: plan --out loaded the whole catalog: {whole['load_s']:.1f} s wall, "
+              f"{whole['catalog_peak_mb']:.0f} MB above the imports, before drawing)")
     finally:
         if not args.keep:
             shutil.rmtree(d, ignore_errors=True)

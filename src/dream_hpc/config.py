@@ -115,6 +115,7 @@ class CatalogSection:
     recenter: bool = False
     recenter_from: tuple[float, float] = (0.0, 0.0)
     prepared_nside: int = 4096  # HEALPix cells (nested) of the prepared catalog: 4096 = 0.86' cells
+    prepared_keep: int = 2  # prepared catalogs of this survey kept in the user cache, newest first (0: all)
     synth: CatalogSynth = field(default_factory=CatalogSynth)
 
 
@@ -501,6 +502,9 @@ def validate(cfg: SurveyConfig) -> None:
     nside = cfg.catalog.prepared_nside
     if nside < 1 or nside & (nside - 1) or nside > 2**20:
         raise ConfigError(f"catalog.prepared_nside: {nside} (a power of 2 up to 2**20, e.g. 4096)")
+    if cfg.catalog.prepared_keep < 0:
+        raise ConfigError(f"catalog.prepared_keep: {cfg.catalog.prepared_keep} (how many prepared catalogs the "
+                          "user cache keeps per survey: 1 or more, or 0 to keep all)")
     if cfg.catalog.cosmology not in ("Planck13", "Planck15", "Planck18", "WMAP9", "WMAP7", "WMAP5"):
         raise ConfigError(f"catalog.cosmology: {cfg.catalog.cosmology!r} (choose an astropy realization: "
                           "Planck18, Planck15, Planck13, WMAP9, WMAP7 or WMAP5)")

@@ -287,3 +287,64 @@ def test_check_counts_agree_with_the_in_memory_selection(tmp_path: Path) -> None
         rows |= set(select_for_unit(whole, u, cfg.catalog.margin_arcsec).row.tolist())
     assert check.n_in_footprint == len(rows) > 0
     assert check.area_deg2 == pytest.approx((120 / 3600) ** 2, rel=0.05)
+
+
+@pytest.mark.parametrize("kind", ["int", "str"])
+def test_an_id_repeated_in_two_chunks_is_refused(tmp_path: Path, kind: str) -> None:
+    """Each chunk of the prepare pass holds unique ids; only the catalog-wide check sees row 7 and row
+    4,500 (another chunk) share one. One line naming the column, the id, both rows and the fix."""
+    main_path, phot_path, main, _ = dream_pair(tmp_path, n=6000, half_width_arcsec=60.0)
+    ids = np.arange(1, 6001)
+    ids[4500] = ids[7]
+    main["ID"] = ids if kind == "int" else np.array([f"DREaM-{i:07d}" for i in ids])
+    main.write(main_path, overwrite=True)
+    cfg = config(tmp_path, main_path, phot_path)
+    units = pointings.make_plan(cfg)
+    with pytest.raises(reader.CatalogError) as e:
+        prepared.prepare(cfg, units, tmp_path / "prep.h5", chunk_rows=1000)
+    msg = str(e.value)
+    assert "\n" not in msg and "catalog.columns.id" in msg and "'ID'" in msg and str(main_path) in msg
+    assert "repeats 1 ids" in msg and "rows 7, 4500" in msg and "unique id" in msg
+    assert repr(main["ID"][7].item() if kind == "int" else str(main["ID"][7])) in msg
+    assert not (tmp_path / "prep.h5").exists()  # nothing half-written is left to be reused
+    with pytest.raises(reader.CatalogError, match="rows 7, 4500"):  # the whole-file read says the same
+        reader.load_catalog(cfg)
+    ids[4500] = 6001  # unique again: prepared in chunks without complaint
+    main["ID"] = ids if kind == "int" else np.array([f"DREaM-{i:07d}" for i in ids])
+    main.write(main_path, overwrite=True)
+    assert prepared.prepare(cfg, units, tmp_path / "prep.h5", chunk_rows=1000).report.n_rows == 6000
+
+
+def test_sampled_positions_keep_the_density(tmp_path: Path) -> None:
+    """A bounded subsample of the prepared rows, weighted, gives every region's count within noise."""
+    main_path, phot_path, *_ = dream_pair(tmp_path, n=20_000, half_width_arcsec=150.0)
+    cfg = config(tmp_path, main_path, phot_path)
+    prep = prepared.open_prepared(prepared.prepare(cfg, pointings.make_plan(cfg), tmp_path / "p.h5").path)
+    everything = prep.everything().sources
+    ra, dec, weight = prep.sample_positions(max_rows=2000)
+    assert len(ra) <= 2000 and weight * len(ra) == pytest.approx(prep.n_rows)
+    # four quadrants about the median position: weighted sample counts against the true counts
+    ra0, dec0 = np.median(everything.ra), np.median(everything.dec)
+    for east in (True, False):
+        for north in (True, False):
+            true = np.sum(((everything.ra > ra0) == east) & ((everything.dec > dec0) == north))
+            got = weight * np.sum(((ra > ra0) == east) & ((dec > dec0) == north))
+            assert got == pytest.approx(true, rel=0.12), (east, north)
+
+
+def test_plan_out_never_loads_the_whole_catalog(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`plan --out` draws the density from the prepared catalog (written once to the user cache,
+    then reused), not from the whole catalog in memory."""
+    from dream_hpc.cli import main
+
+    main_path, phot_path, *_ = dream_pair(tmp_path, n=3000, half_width_arcsec=60.0)
+    cfg = config(tmp_path, main_path, phot_path)
+
+    def whole(*_a: Any, **_k: Any) -> None:
+        raise AssertionError("plan --out loaded the whole catalog")
+
+    monkeypatch.setattr(reader, "load_catalog", whole)
+    assert main(["plan", str(cfg.source), "--out", str(tmp_path / "run")]) == 0
+    assert (tmp_path / "run" / "figures" / "footprint.png").stat().st_size > 20_000
+    cached = sorted((tmp_path / "cache" / "catalogs").glob("*.h5"))
+    assert len(cached) == 1 and prepared.prepare(cfg, pointings.make_plan(cfg)).reused

@@ -18,6 +18,9 @@ disc by the largest galaxy in the catalog.
 The file records what it was made from (`key`: the source files' path/size/mtime, the catalog
 settings, the filters, the footprint); a changed source or config re-prepares it, an unchanged one
 is reused (resumable: written to a temporary name and renamed when complete).
+
+Writing and reading the file are one concern, kept in one module so that its layout (the compound
+`sources` dataset, the cell index, the attributes) is defined in one place.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from typing import Any
 
 import numpy as np
 
+from dream_hpc.catalog import column_checks
 from dream_hpc.catalog.reader import (
     Catalog,
     CatalogError,
@@ -83,6 +87,7 @@ def prepare_key(cfg: SurveyConfig, units: list[WorkUnit]) -> str:
     """What a prepared file depends on: the source files, the catalog settings, filters and footprint."""
     sec = dataclasses.asdict(cfg.catalog)
     sec.pop("synth", None)  # how a mock is drawn does not change how a file is read
+    sec.pop("prepared_keep", None)  # nor how many old files the cache keeps
     payload = {"version": FORMAT_VERSION, "sources": source_stamp(cfg), "catalog": sec,
                "filters": sorted({u.filter.upper() for u in units}),
                "center": [cfg.pointings.center_ra, cfg.pointings.center_dec],
@@ -158,6 +163,7 @@ def prepare(cfg: SurveyConfig, units: list[WorkUnit], out: Path | None = None,
     import healpy
 
     t0 = time.monotonic()
+    in_cache = not out
     out = Path(out) if out else default_path(cfg, units)
     key = prepare_key(cfg, units)
     if out.is_file():
@@ -181,8 +187,11 @@ def prepare(cfg: SurveyConfig, units: list[WorkUnit], out: Path | None = None,
     span = [np.inf, -np.inf, np.inf, -np.inf]  # RA, Dec range of every usable row (for the off-footprint message)
     try:
         with open_inputs(cfg, filters) as inputs, h5py.File(stage_path, "w") as stage:
+            ids = column_checks.catalog_ids(inputs, cfg.catalog.columns.id, CatalogError)
             for start in range(0, max(inputs.n_rows, 1), chunk_rows):
                 src, rep = read_sources(cfg, filters, inputs, start, start + chunk_rows)
+                if ids is not None:  # each chunk was checked on its own; repeats across chunks: below
+                    ids.add(inputs.read("id", start, start + chunk_rows), start)
                 if report is None:
                     report = rep
                 else:
@@ -203,6 +212,8 @@ def prepare(cfg: SurveyConfig, units: list[WorkUnit], out: Path | None = None,
                 for f in filters:
                     _append(stage, f"mag_{f}", kept.mags[f])
             assert report is not None
+            if ids is not None:
+                ids.check(lambda value: column_checks.rows_with_id(inputs, value, chunk_rows))
             describe(inputs, report, sec.columns.mag)
         report.path = str(cfg.resolve(sec.path))
         area = hull_area_deg2(np.concatenate(hull)) if hull else 0.0
@@ -214,6 +225,11 @@ def prepare(cfg: SurveyConfig, units: list[WorkUnit], out: Path | None = None,
     with h5py.File(out, "r") as h5:
         n = int(h5.attrs["n_rows"])
     seconds = time.monotonic() - t0
+    if in_cache and cfg.catalog.prepared_keep > 0:  # a new one per change of source or settings: keep a few
+        from dream_hpc.catalog import prepared_cache
+
+        for old in prepared_cache.prune(out.parent, cfg.catalog.prepared_keep, cfg.survey.name, protect=(out,)):
+            log.info("removed the older prepared catalog %s (catalog.prepared_keep=%d)", old, cfg.catalog.prepared_keep)
     (log.warning if report.n_bad else log.info)(report.line())
     log.info("prepared catalog %s: %s rows near the footprint (%.1f s)", out, f"{n:,}", seconds)
     return PrepareResult(out, False, seconds, n, report)
@@ -298,6 +314,10 @@ class PreparedCatalog:
     def close(self) -> None:
         self._h5.close()
 
+    def row_ranges(self, cells: np.ndarray) -> list[tuple[int, int]]:
+        """Contiguous row ranges of the occupied `cells`, the large galaxies' cell included."""
+        return self._ranges(np.asarray(cells, np.int64))
+
     def _ranges(self, cells: np.ndarray) -> list[tuple[int, int]]:
         """Contiguous row ranges of the occupied `cells` (sorted), the large galaxies' cell included."""
         cells = np.union1d(cells, [BIG_CELL])
@@ -347,6 +367,18 @@ class PreparedCatalog:
         """The rows that can put light on `unit` (what selection.select_for_unit then cuts exactly)."""
         big = min(self.max_galaxy_radius, LARGE_RADIUS_ARCSEC)
         return self.near(unit.ra, unit.dec, unit_reach(unit) + margin_arcsec + GALAXY_EXTENT * big + 1.0)
+
+    def sample_positions(self, max_rows: int = 200_000) -> tuple[np.ndarray, np.ndarray, float]:
+        """(ra, dec, weight) of at most `max_rows` rows spread over the whole survey, each standing for
+        `weight` rows: a density map (the footprint figure) without reading every row.
+
+        Every k-th row of the cell-sorted file: about the same fraction of every cell, so the density
+        stays unbiased whatever order the source file had."""
+        if not self.n_rows:
+            return np.zeros(0), np.zeros(0), 1.0
+        step = max(1, -(-self.n_rows // max(max_rows, 1)))
+        pos = self._data.fields(["ra", "dec"])[::step]
+        return np.asarray(pos["ra"], float), np.asarray(pos["dec"], float), self.n_rows / len(pos)
 
     def everything(self) -> Catalog:
         """All prepared rows (the survey area): for whole-survey figures and checks, not for a unit."""

@@ -220,7 +220,8 @@ def _read_rows(cfg: SurveyConfig, filters: list[str], inputs: Inputs, start: int
     if "id" in has:
         from dream_hpc.catalog import column_checks
 
-        column_checks.check_ids(ids, col.id, main.path, CatalogError)  # duplicates within one read chunk
+        # within these rows (the whole file for load_catalog; across chunks: prepared.prepare)
+        column_checks.check_ids(ids, col.id, main.path, CatalogError, first_row=start)
 
     reasons: dict[str, np.ndarray] = {}
     with np.errstate(invalid="ignore", divide="ignore"):

@@ -32,15 +32,17 @@ def _cmd_plan(args: Any) -> int:
         return 0
     run = RunDir.create(args.out)
     write_plan(run.plan, units, summary)
-    radec, note = None, ""
+    radec, weight, note = None, 1.0, ""
     try:
-        from dream_hpc.catalog import reader
+        # the density from a bounded subsample of the prepared catalog (the user cache's, as `catalog
+        # check` makes it; written once if missing), never the whole catalog in memory
+        from dream_hpc.catalog import prepared
 
-        s = reader.load_catalog(cfg, sorted({u.filter for u in units})).sources
-        radec = (s.ra, s.dec)
+        ra, dec, weight = prepared.open_prepared(prepared.prepare(cfg, units).path).sample_positions()
+        radec = (ra, dec)
     except UserError as e:
         note = f" (no catalog density: {e})"
-    png = footprint_png(cfg, units, run.figures / "footprint.png", radec, tiles=tiles)
+    png = footprint_png(cfg, units, run.figures / "footprint.png", radec, tiles=tiles, catalog_weight=weight)
     print(f"wrote {run.plan} and {png}{note}")
     return 0
 

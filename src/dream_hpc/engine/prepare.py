@@ -73,9 +73,9 @@ def write_footprint(cfg: SurveyConfig, run: RunDir, units: list[WorkUnit]) -> No
         from dream_hpc.plan.figure import footprint_png
         from dream_hpc.plan.grid import filter_tiles
 
-        sources = prepared.for_run(cfg, run.root, units).everything().sources
+        ra, dec, weight = prepared.for_run(cfg, run.root, units).sample_positions()  # not every row
         tiles = filter_tiles(cfg, units) if cfg.mosaic.mode == "tiles" else None
-        footprint_png(cfg, units, run.figures / "footprint.png", (sources.ra, sources.dec), tiles=tiles)
+        footprint_png(cfg, units, run.figures / "footprint.png", (ra, dec), tiles=tiles, catalog_weight=weight)
     except Exception as e:
         logging.getLogger("dream_hpc").warning("footprint.png not written: %s: %s", type(e).__name__, e)
 

@@ -40,9 +40,10 @@ FILTER_COLOURS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564
 
 
 def footprint_png(cfg: SurveyConfig, units: list[WorkUnit], path: str | Path, catalog_ra_dec: Any = None,
-                  tiles: dict[str, Any] | None = None) -> Path:
+                  tiles: dict[str, Any] | None = None, catalog_weight: float = 1.0) -> Path:
     """Detector outlines per filter over the catalog's source density, on a tangent plane (East left);
-    with `tiles` (plan/grid.filter_tiles), each channel's mosaic tile cores and their ids."""
+    with `tiles` (plan/grid.filter_tiles), each channel's mosaic tile cores and their ids.
+    `catalog_weight`: sources each given position stands for (a subsample, prepared.sample_positions)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -64,7 +65,7 @@ def footprint_png(cfg: SurveyConfig, units: list[WorkUnit], path: str | Path, ca
         sel = (x > lo[0]) & (x < hi[0]) & (y > lo[1]) & (y < hi[1])
         nb = int(np.clip(np.sqrt(sel.sum() / 15.0), 6, 80))  # ~15 sources per bin: a density, not dots
         h, xe, ye = np.histogram2d(x[sel], y[sel], bins=nb, range=[[lo[0], hi[0]], [lo[1], hi[1]]])
-        per_arcmin2 = h / ((xe[1] - xe[0]) * (ye[1] - ye[0]) / 3600.0)
+        per_arcmin2 = catalog_weight * h / ((xe[1] - xe[0]) * (ye[1] - ye[0]) / 3600.0)
         im = ax.imshow(np.log10(np.maximum(per_arcmin2.T, 1.0)), origin="lower", cmap="Greys", alpha=0.7,
                        interpolation="bicubic",
                        extent=[xe[0] / scale, xe[-1] / scale, ye[0] / scale, ye[-1] / scale], aspect="equal")
