@@ -354,15 +354,6 @@ class PreparedCatalog:
         sources = self.read_ranges(self._ranges(cells))
         return Catalog(path=self.path, sources=sources, report=self.report)
 
-    def near_all(self, discs: list[tuple[float, float, float]]) -> Catalog:
-        """Rows in the union of the cells within each (ra, dec, radius_arcsec) disc, each row once."""
-        import healpy
-
-        cells = [healpy.query_disc(self.nside, footprint.unit_vectors([ra], [dec])[0],
-                                   np.deg2rad(r / 3600.0), inclusive=True, nest=True) for ra, dec, r in discs]
-        union = np.unique(np.concatenate(cells)) if cells else np.zeros(0, np.int64)
-        return Catalog(path=self.path, sources=self.read_ranges(self._ranges(union)), report=self.report)
-
     def near_unit(self, unit: WorkUnit, margin_arcsec: float) -> Catalog:
         """The rows that can put light on `unit` (what selection.select_for_unit then cuts exactly)."""
         big = min(self.max_galaxy_radius, LARGE_RADIUS_ARCSEC)
