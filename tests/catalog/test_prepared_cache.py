@@ -99,3 +99,26 @@ def test_bad_keep_values_are_one_line(tmp_path: Path) -> None:
                              capture_output=True, text=True, env=env, cwd=ROOT)
         lines = [ln for ln in bad.stderr.splitlines() if ln.strip()]
         assert bad.returncode == 2 and len(lines) == 1 and needle in lines[0], bad.stderr
+
+
+def test_a_run_takes_the_cached_file_instead_of_reading_the_catalog_again(tmp_path: Path,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    main_path, phot_path, *_ = dream_pair(tmp_path, n=500)
+    cfg = config(tmp_path, main_path, phot_path)
+    units = pointings.make_plan(cfg)
+    cached = prepared.prepare(cfg, units)  # what `catalog check` / `plan` leave in the user cache
+    assert not cached.reused
+
+    def no_read(*args, **kwargs):
+        raise AssertionError("the catalog was read again")
+
+    monkeypatch.setattr(prepared, "open_inputs", no_read)
+    run_file = tmp_path / "run" / prepared.RUN_FILE
+    got = prepared.prepare(cfg, units, run_file)
+    assert got.reused and got.path == run_file and got.n_rows == cached.n_rows
+    assert run_file.read_bytes() == cached.path.read_bytes()
+    assert got.report.line() == cached.report.line()
+    # another setting: another key; the run's own file is made from the catalog
+    other = config(tmp_path, main_path, phot_path, mag_limit=26.0)
+    with pytest.raises(AssertionError, match="read again"):
+        prepared.prepare(other, pointings.make_plan(other), tmp_path / "run2" / prepared.RUN_FILE)

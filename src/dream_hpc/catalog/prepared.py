@@ -30,6 +30,7 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -166,14 +167,22 @@ def prepare(cfg: SurveyConfig, units: list[WorkUnit], out: Path | None = None,
     in_cache = not out
     out = Path(out) if out else default_path(cfg, units)
     key = prepare_key(cfg, units)
-    if out.is_file():
+    if (done := _reusable(out, key)) is not None:
+        return PrepareResult(out, True, time.monotonic() - t0, *done)
+    cached = default_path(cfg, units)
+    if not in_cache and (done := _reusable(cached, key)) is not None:
+        # `catalog check` or `plan` already prepared this very file in the user cache: the run takes a
+        # link to it (a copy across file systems) instead of reading the whole catalog again
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_name(f".tmp-{out.name}.{os.getpid()}")
+        tmp.unlink(missing_ok=True)
         try:
-            with h5py.File(out, "r") as h5:
-                if h5.attrs.get("key") == key and h5.attrs.get("complete"):
-                    report = _report_from(h5)
-                    return PrepareResult(out, True, time.monotonic() - t0, int(h5.attrs["n_rows"]), report)
+            os.link(cached, tmp)
         except OSError:
-            pass  # unreadable leftovers are replaced
+            shutil.copyfile(cached, tmp)
+        os.replace(tmp, out)
+        log.info("prepared catalog %s: the user cache's %s (same source and footprint)", out, cached)
+        return PrepareResult(out, True, time.monotonic() - t0, *done)
     sec = cfg.catalog
     nside = sec.prepared_nside
     filters = sorted({u.filter.upper() for u in units})
@@ -233,6 +242,21 @@ def prepare(cfg: SurveyConfig, units: list[WorkUnit], out: Path | None = None,
     (log.warning if report.n_bad else log.info)(report.line())
     log.info("prepared catalog %s: %s rows near the footprint (%.1f s)", out, f"{n:,}", seconds)
     return PrepareResult(out, False, seconds, n, report)
+
+
+def _reusable(path: Path, key: str) -> tuple[int, RowReport] | None:
+    """(rows, bad-row report) of a complete prepared file made for `key`, else None."""
+    import h5py
+
+    if not path.is_file():
+        return None
+    try:
+        with h5py.File(path, "r") as h5:
+            if h5.attrs.get("key") == key and h5.attrs.get("complete"):
+                return int(h5.attrs["n_rows"]), _report_from(h5)
+    except OSError:
+        pass  # unreadable leftovers are replaced
+    return None
 
 
 def _write_sorted(stage_path: Path, out: Path, nside: int, filters: list[str], key: str, report: RowReport,
