@@ -63,3 +63,26 @@ def test_hst_like_catalog_adds_compact_galaxies(cfg, tmp_path) -> None:
     reference_catalog.write_reference_catalog(cfg, units, tmp_path / "h.ecsv")
     t = Table.read(tmp_path / "h.ecsv")
     assert "galaxy" in set(t["kind"]) and t["sigma_mas"].max() <= 15.0 + 1e-9
+
+
+def test_from_the_run_prepared_catalog_it_reads_only_rows_near_the_exposures(cfg, tmp_path, monkeypatch) -> None:
+    """A visit's astrometry task on a survey-sized catalog: the same entries as from the whole catalog,
+    without reading every prepared row (PreparedCatalog.everything)."""
+    from astropy.table import Table
+
+    from dream_hpc.catalog import prepared
+
+    units = [u for u in make_plan(cfg) if u.filter == "F150W"]
+    whole = reference_catalog.write_reference_catalog(cfg, units, tmp_path / "whole.ecsv")
+    run = tmp_path / "run"
+    prepared.prepare(cfg, make_plan(cfg), run / prepared.RUN_FILE)
+
+    def every_row(self):
+        raise AssertionError("read every prepared row")
+
+    monkeypatch.setattr(prepared.PreparedCatalog, "everything", every_row)
+    near = reference_catalog.write_reference_catalog(cfg, units, tmp_path / "near.ecsv", run)
+    assert near == whole
+    a, b = Table.read(tmp_path / "whole.ecsv"), Table.read(tmp_path / "near.ecsv")
+    for col in ("RA", "DEC", "mag", "sigma_mas"):
+        assert np.array_equal(a[col], b[col]), col

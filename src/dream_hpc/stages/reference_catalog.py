@@ -49,39 +49,45 @@ def write_reference_catalog(cfg: Any, units: Sequence[WorkUnit], path: Path,
     from dream_hpc.plan import footprint
 
     rc = cfg.simulation.reference_catalog
-    # the run's prepared catalog (rows near these exposures only) when there is one
+    # the run's prepared catalog (only the rows near these exposures are read) when there is one: a
+    # visit's astrometry task then holds a few cells' rows, not the survey's catalog
     cat = prepared.for_run(cfg, run_root, list(units)) if run_root is not None else reader.load_catalog(cfg)
-    src = (cat.everything() if isinstance(cat, prepared.PreparedCatalog) else cat).sources
     band = reference_band(cfg)
-    rows: set[int] = set()
+    parts: list[tuple[np.ndarray, ...]] = []  # per unit: the reference rows on it
     area_arcsec2 = 0.0
     for unit in units:
-        rows.update(int(r) for r in select_for_unit(cat, unit, 0.0).row)
+        sel = select_for_unit(cat, unit, 0.0)
+        mag = np.asarray(sel.mags.get(band, np.full(len(sel), np.inf)), float)
+        star = np.asarray(sel.is_star, bool)
+        keep = np.isfinite(mag) & (mag <= rc.mag_limit)
+        if rc.kind == "gaia":
+            keep &= star
+        else:  # hst: stars and compact galaxies
+            keep &= star | (np.asarray(sel.radius, float) <= COMPACT_GALAXY_ARCSEC)
+        parts.append((np.asarray(sel.row, np.int64)[keep], np.asarray(sel.ra, float)[keep],
+                      np.asarray(sel.dec, float)[keep], mag[keep], star[keep]))
         outline = footprint.outline_ideal(footprint.aperture_name(unit.detector, unit.subarray))
         x, y = outline[:, 0], outline[:, 1]
         area_arcsec2 = max(area_arcsec2, 0.5 * abs(float(np.dot(x, np.roll(y, 1)) - np.dot(y, np.roll(x, 1)))))
-    on = np.isin(src.row, np.fromiter(rows, int, len(rows)))
-    mag = np.asarray(src.mags.get(band, np.full(len(src), np.inf)), float)
-    chosen = on & np.isfinite(mag) & (mag <= rc.mag_limit)
-    if rc.kind == "gaia":
-        chosen &= np.asarray(src.is_star, bool)
-    else:  # hst: stars and compact galaxies
-        chosen &= np.asarray(src.is_star, bool) | (np.asarray(src.radius, float) <= COMPACT_GALAXY_ARCSEC)
-    # one draw per catalog row, in row order: the same source has the same error in every filter
-    rng = np.random.default_rng(derive_seed(int(cfg.survey.seed), f"reference_catalog:{rc.kind}", "astrometry"))
-    noise = rng.standard_normal((int(np.max(src.row, initial=-1)) + 1, 2))
-    idx = np.flatnonzero(chosen)
-    sigma = position_error_mas(cfg, mag[idx])
-    d = noise[np.asarray(src.row, int)[idx]] * sigma[:, None]  # mas, (East, North)
-    dec = np.asarray(src.dec, float)[idx] + d[:, 1] / 3.6e6
-    ra = np.asarray(src.ra, float)[idx] + d[:, 0] / 3.6e6 / np.cos(np.radians(dec))
-    table = Table({"RA": ra, "DEC": dec, "mag": mag[idx], "sigma_mas": sigma,
-                   "kind": np.where(np.asarray(src.is_star, bool)[idx], "star", "galaxy")})
+    cols = [np.concatenate([p[i] for p in parts]) for i in range(5)] if parts else [np.zeros(0)] * 5
+    rows, first = np.unique(cols[0].astype(np.int64), return_index=True)  # each source once, in row order
+    ra0, dec0, mag, is_star = (c[first] for c in cols[1:])
+    is_star = is_star.astype(bool)
+    # one draw per catalog row, seeded by the row: the same source has the same error in every filter
+    # and every task, without drawing for the rows of the whole catalog
+    base = derive_seed(int(cfg.survey.seed), f"reference_catalog:{rc.kind}", "astrometry")
+    noise = np.array([np.random.default_rng([base, int(r)]).standard_normal(2) for r in rows]).reshape(-1, 2)
+    sigma = position_error_mas(cfg, mag)
+    d = noise * sigma[:, None]  # mas, (East, North)
+    dec = dec0 + d[:, 1] / 3.6e6
+    ra = ra0 + d[:, 0] / 3.6e6 / np.cos(np.radians(dec))
+    table = Table({"RA": ra, "DEC": dec, "mag": mag, "sigma_mas": sigma,
+                   "kind": np.where(is_star, "star", "galaxy")})
     table["RA"].format = table["DEC"].format = ".9f"
     table.meta["comments"] = [f"dream-hpc local abs_refcat ({rc.kind}-like, {band} <= {rc.mag_limit}): truth "
                               "positions + seeded per-source errors (sigma_mas per axis)"]
     with atomic_path(path) as tmp, open(tmp, "w") as f:
         table.write(f, format="ascii.ecsv")
-    return {"n": int(idx.size), "kind": rc.kind, "band": band, "mag_limit": float(rc.mag_limit),
-            "median_sigma_mas": float(np.median(sigma)) if idx.size else None,
+    return {"n": int(rows.size), "kind": rc.kind, "band": band, "mag_limit": float(rc.mag_limit),
+            "median_sigma_mas": float(np.median(sigma)) if rows.size else None,
             "exposure_area_arcmin2": area_arcsec2 / 3600.0}
