@@ -8,7 +8,7 @@ DEMO_CONFIG ?= config/demo.yaml
 DEMO_RUN ?= runs/demo
 PYTEST_ARGS ?=
 
-.PHONY: help venv demo test test-fast lint lock kit bench clean
+.PHONY: help venv demo test test-fast lint lock kit bench bench-peer clean
 
 help:
 	@echo "make demo       build everything needed and run the demo survey (config/demo.yaml) -> $(DEMO_RUN)"
@@ -18,6 +18,7 @@ help:
 	@echo "make lock       regenerate requirements.lock from requirements.in (needs PyPI)"
 	@echo "make kit        build the offline reference kit (CRDS cache + MIRAGE_DATA) in $(KIT)"
 	@echo "make bench      benchmarks (bench/)"
+	@echo "make bench-peer dream-hpc vs xargs -P 2 strun on the demo and a FULL survey, then hot vs cold references"
 	@echo "make container  build the Apptainer image (needs apptainer)"
 	@echo "make container-rootfs  build the same image without Apptainer (root: debootstrap, chroot) as SquashFS"
 
@@ -68,6 +69,12 @@ lock:
 
 bench: $(KIT)/.built
 	$(BIN)/python bench/bench_engine.py
+
+# ~10 min (demo) + ~15 min (FULL) + ~5 min (hot references) on a quiet 2-core machine
+bench-peer: $(KIT)/.built
+	$(BIN)/python bench/bench_xargs_peer.py --config $(DEMO_CONFIG)
+	$(BIN)/python bench/bench_xargs_peer.py --config bench/full_frame.yaml
+	$(BIN)/python bench/bench_hot_references.py /tmp/dream-hpc-peer-full_frame/sim
 
 include mk/cluster.mk
 

@@ -5,7 +5,9 @@ optional log-normal scatter, since real units never take exactly their estimate)
 Image3 cost. The same `dream_hpc.engine.Scheduler` that `dream-hpc run` uses hands out the tasks
 (longest expected first, one mosaic per filter when its units are done). Printed per rank count:
 the makespan of the units, its lower bound max(total work / ranks, longest unit), their ratio, and
-the same for a static split (units dealt round-robin in plan order, what a naive MPI script does).
+the same for a static split (units dealt round-robin in plan order, what a naive MPI script does);
+then the whole run with and without reference affinity (ranks preferring units whose references they
+hold hot): makespan / lower bound and the hit rate.
 
     python bench/scheduler_sim.py [config/cosmos-web.yaml] [--ranks 64 128 ...] [--scatter 0.3]
 """
@@ -25,12 +27,13 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def simulate(tasks: list[Task], ranks: int, scatter: float = 0.0, seed: int = 1, latency_s: float = 0.005,
-             mosaic_seconds: Any = image3_seconds, coordinator_works: bool = True) -> dict[str, float]:
+             mosaic_seconds: Any = image3_seconds, coordinator_works: bool = True, affinity: bool = True,
+             hit_factor: float = 1.0) -> dict[str, float]:
     """The engine's own replay of its Scheduler on `ranks` workers, units scattered around their estimate."""
     rng = random.Random(seed)
     actual = {t.key: t.cost * (rng.lognormvariate(0.0, scatter) if scatter else 1.0) for t in tasks}
     workers = ranks if coordinator_works or ranks == 1 else ranks - 1
-    return {"ranks": ranks, **replay(tasks, workers, actual, mosaic_seconds, latency_s)}
+    return {"ranks": ranks, **replay(tasks, workers, actual, mosaic_seconds, latency_s, affinity, hit_factor)}
 
 
 def static_split(tasks: list[Task], ranks: int, scatter: float = 0.0, seed: int = 1) -> float:
@@ -63,6 +66,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("config", nargs="?", default=str(ROOT / "config" / "cosmos-web.yaml"))
     ap.add_argument("--ranks", type=int, nargs="+", default=[64, 128, 256, 512, 1024, 2048])
     ap.add_argument("--scatter", type=float, default=0.3, help="log-normal sigma of actual/estimated unit time")
+    ap.add_argument("--hit-factor", type=float, default=1.0,
+                    help="unit time when its rank holds its references hot, relative to cold (affinity table)")
     args = ap.parse_args(argv)
     tasks = plan_tasks(Path(args.config))
     hours = sum(t.cost for t in tasks) / 3600
@@ -82,6 +87,15 @@ def main(argv: list[str] | None = None) -> int:
               f"{lpt['units_makespan'] / lpt['units_lower_bound']:6.3f} {st:8.0f}s {st / lpt['units_lower_bound']:6.3f} | "
               f"{whole_lpt['makespan']:8.0f}s {whole['makespan']:8.0f}s {whole['lower_bound']:8.0f}s "
               f"{min(whole['makespan'], whole_lpt['makespan']) / whole['lower_bound']:6.3f}")
+    print(f"\nreference affinity (engine/affinity.py): a rank asks for the kind whose references it holds; "
+          f"makespan / lower bound of the whole run and the fraction of units that found their references hot "
+          f"(hit-factor {args.hit_factor}: the lower bound is taken with cold durations)")
+    print(f"{'ranks':>6s} {'plain':>7s} {'hits':>6s} {'affinity':>9s} {'hits':>6s}")
+    for n in args.ranks:
+        off = simulate(tasks, n, args.scatter, affinity=False, hit_factor=args.hit_factor)
+        on = simulate(tasks, n, args.scatter, affinity=True, hit_factor=args.hit_factor)
+        print(f"{n:6d} {off['makespan'] / off['lower_bound']:7.3f} {off['kind_hit_rate']:6.1%} "
+              f"{on['makespan'] / on['lower_bound']:9.3f} {on['kind_hit_rate']:6.1%}")
     return 0
 
 

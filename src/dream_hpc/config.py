@@ -252,6 +252,10 @@ class EngineSection:
     # 2 ranks / 2 cores (bench/bench_engine.py). false: rank 0 only coordinates (very many ranks).
     coordinator_works: bool = True
     progress_interval_s: float = 30.0  # seconds between progress lines when stderr is not a terminal
+    # A worker keeps the reference models it just used (dark, superbias, linearity, ... flat) for the
+    # next unit of the same detector/readout, up to this many GiB (stages/hot_references.py; 0: off).
+    # With the kit one FULL detector's set is ~0.35 GiB; flight FULL darks are several GiB each.
+    reference_cache_gb: float = 2.0
 
 
 @dataclass
@@ -390,7 +394,7 @@ RANGES: dict[str, tuple[float | None, float | None]] = {
     "instrument.readout.nints": (None, 1000),
     "simulation.background_rate": (0, 1e6), "simulation.cosmic_ray_scale": (0, 1e3),
     "engine.unit_timeout_s": (0, None), "engine.timeout_factor": (None, 1e6), "engine.min_timeout_s": (0, None),
-    "engine.progress_interval_s": (0, 1e6),
+    "engine.progress_interval_s": (0, 1e6), "engine.reference_cache_gb": (0, 1e6),
 }
 
 

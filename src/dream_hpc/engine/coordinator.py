@@ -8,6 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from dream_hpc.engine.affinity import reference_kind
 from dream_hpc.engine.scheduler import Scheduler
 from dream_hpc.engine.tasks import Task
 
@@ -26,6 +27,7 @@ class Coordinator:
         self.stop_requested = False
         self.fatal: str | None = None
         self._stop_checked = 0.0
+        self.held: dict[int, Any] = {}  # rank -> reference kind of the last unit it ran (kept hot there)
 
     def _check_stop(self) -> None:
         """RUN/STOP (written e.g. by slurm/full_survey.sh before the time limit): hand out nothing new."""
@@ -38,10 +40,12 @@ class Coordinator:
             self.progress.line(f"stop requested ({self.stop_file}): no new units; waiting for the "
                                f"{len(self.sched.running)} running to finish")
 
-    def _next(self) -> Task | None:
+    def _next(self, rank: int = 0) -> Task | None:
         if self.stop_requested or self.fatal:
             return None
-        task = self.sched.next()
+        task = self.sched.next(self.held.get(rank))
+        if task is not None and reference_kind(task) is not None:
+            self.held[rank] = reference_kind(task)
         if task is not None and self.timeout_factor:
             # A derived limit follows what units really take here: a busy or slow machine (plan
             # estimate x observed/estimated ratio) must not turn healthy units into timeouts.
@@ -98,11 +102,11 @@ class Coordinator:
         while True:
             # hand out work: our own worker first (no message latency), then ranks that asked
             self._check_stop()
-            while self.executor is not None and not self.executor.busy and (task := self._next()):
+            while self.executor is not None and not self.executor.busy and (task := self._next(0)):
                 oc = self._local(lambda t=task: self.executor.start(t))
                 if oc is not None:
                     self._complete(oc)
-            while self.idle and (task := self._next()):
+            while self.idle and (task := self._next(self.idle[0])):
                 dest = self.idle.popleft()
                 self.comm.send(("task", task), dest)
                 self.progress.on_start(task.key, "queued")

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from typing import Any
 
 from dream_hpc.core.workunit import WorkUnit
+from dream_hpc.engine.affinity import TaskQueue, reference_kind
 from dream_hpc.engine.tasks import Task, image3_seconds
 
 MosaicFactory = Callable[[str, list[Task], dict[str, Any]], Task]
@@ -27,8 +28,7 @@ class Scheduler:
     def __init__(self, tasks: list[Task], mosaic_factory: MosaicFactory | None = None,
                  allow_partial: bool = False):
         self.tasks = {t.key: t for t in tasks}
-        self._heap = [(t.sort_key(), t.key) for t in tasks]
-        heapq.heapify(self._heap)
+        self._queue = TaskQueue(tasks)  # longest first; a rank's held reference kind preferred (affinity.py)
         self.running: dict[str, Task] = {}
         self.outcomes: dict[str, Any] = {}
         self.mosaic_factory = mosaic_factory
@@ -47,7 +47,7 @@ class Scheduler:
             self.waiting[task.key] = task
             self._release()
             return
-        heapq.heappush(self._heap, (task.sort_key(), task.key))
+        self._queue.push(task)
 
     def _release(self) -> None:
         """Queue waiting tasks whose dependencies all ended; block (and name) those with a failed one."""
@@ -68,12 +68,13 @@ class Scheduler:
                     self.blocked[task.filter or key] = why
                     self._blocked_keys.add(key)
                 else:
-                    heapq.heappush(self._heap, (task.sort_key(), task.key))
+                    self._queue.push(task)
 
-    def next(self) -> Task | None:
-        if not self._heap:
+    def next(self, prefer: Any = None) -> Task | None:
+        """The next task; `prefer`: the reference kind the asking rank holds (affinity.reference_kind)."""
+        key = self._queue.pop(prefer)
+        if key is None:
             return None
-        _, key = heapq.heappop(self._heap)
         task = self.tasks[key]
         self.running[key] = task
         return task
@@ -81,18 +82,17 @@ class Scheduler:
     def hold(self, outcome: Any) -> Task | None:
         """End a task without handing it out (a unit whose references are bad): recorded as its
         outcome, so its filter's mosaic is blocked or released as for any failed unit."""
-        self._heap = [(k, key) for k, key in self._heap if key != outcome.key]
-        heapq.heapify(self._heap)
+        self._queue.remove(outcome.key)
         self.running[outcome.key] = self.tasks[outcome.key]
         return self.complete(outcome)
 
     @property
     def pending(self) -> int:
-        return len(self._heap) + len(self.waiting)
+        return len(self._queue) + len(self.waiting)
 
     @property
     def finished(self) -> bool:
-        return not self._heap and not self.running
+        return not self._queue and not self.running
 
     def complete(self, outcome: Any) -> Task | None:
         """Record an outcome; returns the mosaic task it released, if any."""
@@ -130,11 +130,13 @@ class Scheduler:
 
 def replay(tasks: list[Task], workers: int, durations: dict[str, float] | None = None,
            mosaic_seconds: Callable[[list[WorkUnit]], float] | None = None,
-           latency_s: float = 0.005) -> dict[str, float]:
+           latency_s: float = 0.005, affinity: bool = True, hit_factor: float = 1.0) -> dict[str, float]:
     """The Scheduler on a simulated clock (no compute): makespan and its lower bounds, in seconds.
 
     Units take `durations[key]` (default: their planned cost), mosaics `mosaic_seconds(units)`.
     Used to choose the task order before a run and by bench/scheduler_sim.py at cluster scale.
+    With `affinity`, a worker asks for the reference kind it last ran, as ranks do; a unit given to a
+    worker holding its kind (a hit) takes `hit_factor` x its duration (references kept hot).
     """
     from dream_hpc.engine.executor import Outcome
 
@@ -150,10 +152,20 @@ def replay(tasks: list[Task], workers: int, durations: dict[str, float] | None =
     idle = list(range(max(workers, 1)))
     running: list[tuple[float, int, str]] = []
     now = units_end = 0.0
+    held: dict[int, Any] = {}
+    hits = given = 0
     while not sched.finished:
-        while idle and (task := sched.next()):
+        while idle and (task := sched.next(held.get(idle[-1]) if affinity else None)):
+            worker = idle.pop()
             dur = durations.get(task.key, mosaic_cost.get(task.key, task.cost))
-            heapq.heappush(running, (now + latency_s + dur, idle.pop(), task.key))
+            kind = reference_kind(task)
+            if kind is not None:
+                given += 1
+                if held.get(worker) == kind:
+                    hits += 1
+                    dur *= hit_factor
+                held[worker] = kind
+            heapq.heappush(running, (now + latency_s + dur, worker, task.key))
         if not running:
             break
         now, worker, key = heapq.heappop(running)
@@ -167,7 +179,8 @@ def replay(tasks: list[Task], workers: int, durations: dict[str, float] | None =
     all_work = work + sum(mosaic_cost.values())
     return {"workers": workers, "units_makespan": units_end, "units_lower_bound": max(work / workers, longest),
             "makespan": now, "lower_bound": max(all_work / workers, longest + max(mosaic_cost.values(), default=0.0)),
-            "work": work, "mosaic_work": sum(mosaic_cost.values())}
+            "work": work, "mosaic_work": sum(mosaic_cost.values()), "kind_hits": hits,
+            "kind_hit_rate": hits / max(given, 1)}
 
 
 def choose_order(tasks: list[Task], workers: int,

@@ -24,6 +24,7 @@ from dream_hpc.config import PIPELINE_CLASSES
 from dream_hpc.core.rundir import atomic_path
 from dream_hpc.core.workunit import WorkUnit
 from dream_hpc.references.lookup import pipeline_class
+from dream_hpc.stages import hot_references
 from dream_hpc.stages.contract import StageContext, StageResult, product_path
 
 # dream-hpc pipeline name -> jwst class name (in jwst.pipeline)
@@ -199,7 +200,9 @@ def run_pipeline(name: str, input_path: Path, ctx: StageContext, stage: str) -> 
         # jwst logs the very same parameters as the run starts: a copy of these, not a second walk
         pipe.get_pars = lambda full_spec=True: copy.deepcopy(params) if full_spec else type(pipe).get_pars(
             pipe, full_spec)
-        with step_events(pipe, stage, ctx, times, read_step=True):
+        # references kept hot between units (inside each step's time: they replace its own read)
+        with (hot_references.serving(pipe, ctx.cfg.engine.reference_cache_gb),
+              step_events(pipe, stage, ctx, times, read_step=True)):
             result = pipe.run(str(input_path))
     return result, params, times
 
