@@ -254,8 +254,10 @@ class EngineSection:
     progress_interval_s: float = 30.0  # seconds between progress lines when stderr is not a terminal
     # A worker keeps the reference models it just used (dark, superbias, linearity, ... flat) for the
     # next unit of the same detector/readout, up to this many GiB (stages/hot_references.py; 0: off).
-    # With the kit one FULL detector's set is ~0.35 GiB; flight FULL darks are several GiB each.
-    reference_cache_gb: float = 2.0
+    # With the kit one FULL detector's set is ~0.35 GiB; flight FULL darks are several GiB each (raise
+    # it above the dark's size to keep one). 1 GiB: the scheduler keeps a rank on one kind, and every
+    # rank of a node pays it (`plan --measured` sees it in the measured peaks; the model does not).
+    reference_cache_gb: float = 1.0
 
 
 @dataclass
