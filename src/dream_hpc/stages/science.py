@@ -156,6 +156,7 @@ def check_filter(cfg: Any, filter_: str, i2d: Path, cat: Path, run_root: Path | 
         wht = np.array(model.wht, dtype=float)
         pixar_sr = float(model.meta.photometry.pixelarea_steradians)
         pixel_arcsec = math.degrees(math.sqrt(pixar_sr)) * 3600.0
+        pixel_ratio = float(getattr(model.meta.resample, "pixel_scale_ratio", None) or 1.0)
 
     mags_all = np.asarray(sky.mags[filt], float)
     ra_all, dec_all = np.asarray(sky.ra, float), np.asarray(sky.dec, float)
@@ -178,6 +179,16 @@ def check_filter(cfg: Any, filter_: str, i2d: Path, cat: Path, run_root: Path | 
     size_px = np.where(sky.is_star[idx], 0.0,
                        np.asarray(sky.radius, float)[idx] * np.sqrt(np.asarray(sky.axis_ratio, float)[idx])) / pixel_arcsec
     fraction = aperture_fraction(radius_px, psf_half, size_px, ee)
+    # galaxies: what the catalog's aperture measures of each rendered profile (stages/galaxy_check.py)
+    from dream_hpc.stages.galaxy_check import model_galaxies
+
+    snr_point = predicted_snr(mags_all[idx], x_in, y_in, err, pixar_sr, radius_px, np.full(len(idx), ee))
+    gal_model = model_galaxies(cfg, filt, dict(out.meta), np.asarray(sky.is_star, bool)[idx], mags_all[idx],
+                               np.asarray(sky.radius, float)[idx], np.asarray(sky.sersic, float)[idx],
+                               np.asarray(sky.axis_ratio, float)[idx], x_in, y_in, err, pixar_sr, pixel_arcsec,
+                               pixel_ratio, radius_px, ee, snr_point, SNR_MIN)
+    if gal_model is not None:
+        fraction = np.where(np.isfinite(gal_model.fraction), gal_model.fraction, fraction)
     snr = predicted_snr(mags_all[idx], x_in, y_in, err, pixar_sr, radius_px, fraction)
     bright = np.isfinite(snr) & (snr > SNR_MIN)
     iso = isolated(xy_all, mags_good, pos_in_good[idx], xy_all, mags_good) if len(idx) else np.zeros(0, bool)
@@ -229,7 +240,8 @@ def check_filter(cfg: Any, filter_: str, i2d: Path, cat: Path, run_root: Path | 
         "snr_min": SNR_MIN,
         "snr_basis": (f"predicted from the input AB magnitude and size and the mosaic ERR array, in the catalog's "
                       f"{radius_px:.2f}-pixel aperture (holding {ee:.0%} of a point source's light; galaxies: "
-                      "Gaussian approximation of the PSF-convolved profile)"),
+                      + ("their rendered profiles, local sky subtracted)" if gal_model is not None else
+                         "Gaussian approximation of the PSF-convolved profile)")),
         "snr_measured_over_predicted_stars": _median(snr_ratio[rec_stars]),
         "match_radius_arcsec": MATCH_RADIUS_ARCSEC,
         "missed": _missed(sample & ~matched, mags_all[idx], snr, is_star, size_px * pixel_arcsec),
@@ -256,11 +268,13 @@ def check_filter(cfg: Any, filter_: str, i2d: Path, cat: Path, run_root: Path | 
                          "is_star": is_star, "resid_total": resid_total, "dx": dx, "dy": dy,
                          "row": np.asarray(sky.row)[idx], "ra": ra_all[idx], "dec": dec_all[idx],
                          "mag_total": mag_total, "mag_iso": mag_iso, "size_px": size_px}
+    if gal_model is not None:
+        result["_points"].update(bias=gal_model.bias, bias_ideal=gal_model.bias_ideal_profile)
     # galaxies on their own (stages/galaxy_check.py); their verdicts count once enough are judged
     from dream_hpc.stages.galaxy_check import galaxy_report
 
     result["galaxies"] = galaxy_report(result["_points"], iso, radius_px, psf_half, SNR_MIN, MIN_COMPLETENESS,
-                                       MAX_MAG_RESIDUAL)
+                                       MAX_MAG_RESIDUAL, gal_model.model if gal_model is not None else None)
     for key, ok in result["galaxies"]["passed"].items():
         if ok is not None:
             result["passed"][f"galaxy_{key}"] = ok
