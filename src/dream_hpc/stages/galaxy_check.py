@@ -63,16 +63,19 @@ def expected_aper_total_bias(size_px: np.ndarray, radius_px: float, psf_half_px:
     return -2.5 * np.log10(gauss_ee(total) / gauss_ee(np.asarray(psf_half_px, float)))
 
 
-def model_galaxies(cfg: Any, filt: str, cat_meta: dict[str, Any], is_star: np.ndarray, mag: np.ndarray,
-                   radius_arcsec: np.ndarray, sersic: np.ndarray, axis_ratio: np.ndarray, x: np.ndarray,
-                   y: np.ndarray, err: np.ndarray, pixar_sr: float, pixel_arcsec: float, pixel_ratio: float,
-                   radius_px: float, ee: float, snr_point: np.ndarray, snr_min: float) -> Any:
-    """The aperture model (stages/galaxy_model.py) for the galaxies that could reach `snr_min` (those a
-    point source of their magnitude would: a galaxy's aperture holds less), or None when the catalog's
-    sky annulus or the kit's PSF library for the filter is not known (the Gaussian approximation then)."""
+def model_galaxies(cfg: Any, filt: str, cat_meta: dict[str, Any], src: Any, mag: np.ndarray,
+                   where: tuple[np.ndarray, np.ndarray, np.ndarray], pixels: tuple[float, float, float],
+                   radius_px: float, ee: float, snr_min: float) -> Any:
+    """The aperture model (stages/galaxy_model.py) for the galaxies among the input sources `src` (on the
+    mosaic at `where` = (x, y, its ERR array); `pixels` = (pixar_sr, arcsec, mosaic/detector scale)) that
+    could reach `snr_min` (those a point source of their magnitude would: a galaxy's aperture holds less);
+    None when the catalog's sky annulus or the kit's PSF library for the filter is not known."""
     from dream_hpc.stages import galaxy_model
+    from dream_hpc.stages.snr_model import predicted_snr
 
     params = cat_meta.get("aperture_params", cat_meta)
+    pixar_sr, pixel_arcsec, pixel_ratio = pixels
+    x, y, err = where
     if "bkg_aperture_inner_radius" not in params:
         return None
     psf, source = galaxy_model.filter_psf(cfg, filt, pixel_ratio)
@@ -80,11 +83,12 @@ def model_galaxies(cfg: Any, filt: str, cat_meta: dict[str, Any], is_star: np.nd
         return None
     ap = galaxy_model.Aperture(radius_px, float(params["bkg_aperture_inner_radius"]),
                                float(params["bkg_aperture_outer_radius"]))
-    model = galaxy_model.ApertureModel(psf, ap)
-    candidates = ~np.asarray(is_star, bool) & np.isfinite(snr_point) & (snr_point > snr_min)
-    sigma = galaxy_model.pixel_sigma_at(err, x, y)
-    return galaxy_model.predict(model, candidates, mag, np.asarray(radius_arcsec, float) / pixel_arcsec, sersic,
-                                axis_ratio, sigma, pixar_sr, ee, source)
+    snr_point = predicted_snr(mag, x, y, err, pixar_sr, radius_px, np.full(len(mag), ee))
+    candidates = ~np.asarray(src.is_star, bool) & np.isfinite(snr_point) & (snr_point > snr_min)
+    return galaxy_model.predict(galaxy_model.ApertureModel(psf, ap), candidates, mag,
+                                np.asarray(src.radius, float) / pixel_arcsec, np.asarray(src.sersic, float),
+                                np.asarray(src.axis_ratio, float), galaxy_model.pixel_sigma_at(err, x, y), pixar_sr,
+                                ee, source)
 
 
 def galaxy_report(points: dict[str, np.ndarray], iso: np.ndarray, radius_px: float, psf_half_px: float,
