@@ -67,3 +67,20 @@ def test_the_kits_flat_flags_the_reference_pixels(refkit_dir: Path) -> None:
         border[4:-4, 4:-4] = False
         assert np.all(dq[border] & dqflags.pixel["DO_NOT_USE"]), path.name  # flat_field then NaNs them
         assert not np.any(dq[~border] & dqflags.pixel["REFERENCE_PIXEL"]), path.name
+
+
+def test_a_levels_error_counts_background_structure_not_only_pixels() -> None:
+    """White noise: the block term equals the white-noise error of the median (no inflation); a smooth
+    0.6% gradient no single level represents: the error grows to its size (the FULL-frame demo's F277W)."""
+    from dream_hpc.stages.sky_check import _masked_level
+
+    rng = np.random.default_rng(7)
+    n = 1024
+    flat = 0.08 + 0.0086 * rng.standard_normal((n, n))
+    usable = np.ones((n, n), bool)
+    _, err_flat, count = _masked_level(flat, usable)
+    white = 0.0086 * 1.2533 / np.sqrt(count)
+    assert err_flat == pytest.approx(white, rel=0.5)
+    gradient = flat + np.linspace(-0.0005, 0.0005, n)[:, None]
+    _, err_grad, _ = _masked_level(gradient, usable)
+    assert err_grad > 3 * white and err_grad > 3e-5  # ~ the gradient's block scatter (0.0003) / 8
