@@ -45,8 +45,11 @@ DEMO_CATALOG := build/demo/dream_main.fits
 $(DEMO_CATALOG): $(BIN)/.installed $(DEMO_CONFIG)
 	$(BIN)/dream-hpc catalog synth $(DEMO_CONFIG) --out $@ --overwrite
 
+# Two ranks, the machine's two cores (mpiexec of the venv's mpich wheel; shared memory only, see
+# tests/conftest.py for why UCX_TLS): rank 0 hands out units and computes, and writes the summary.
+DEMO_RANKS ?= 2
 demo: $(KIT)/.built $(DEMO_CATALOG)
-	$(BIN)/dream-hpc survey $(DEMO_CONFIG) --out $(DEMO_RUN)
+	UCX_TLS=self,sm $(BIN)/mpiexec -n $(DEMO_RANKS) $(BIN)/dream-hpc survey $(DEMO_CONFIG) --out $(DEMO_RUN)
 
 # sysdeps (Slurm, munge, shellcheck, iproute2, chromium, debootstrap, squashfs-tools) come first: the
 # Slurm tests start a real Slurm (one node, and several in network namespaces), the report test opens

@@ -8,7 +8,7 @@
     run caches it. Measured: simulate with an empty cache (baseline: dark_prep runs) and with it
     filled, on the same unit; the uncal pixels must be identical.
 
-    python bench/bench_chain.py [--config config/demo.yaml] [--kit build/refkit] [--work DIR] [--repeat 3]
+    python bench/bench_chain.py [--config tests/data/small_survey.yaml] [--kit build/refkit] [--work DIR] [--repeat 3]
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--config", default=str(ROOT / "config" / "demo.yaml"))
+    ap.add_argument("--config", default=str(ROOT / "tests" / "data" / "small_survey.yaml"))  # SUB400P: comparable
     ap.add_argument("--kit", default=str(ROOT / "build" / "refkit"))
     ap.add_argument("--work", default=None, help="scratch directory (default: a new temp dir)")
     ap.add_argument("--repeat", type=int, default=3)

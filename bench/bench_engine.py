@@ -14,7 +14,7 @@ Mirage phase or jwst step, split into the engine's part (outside any stage) and 
 a stage, outside its steps), with the end-of-run idle tail excluded; and the makespan against the
 lower bound max(total task work / ranks, longest task), tasks being units and mosaics.
 
-    python bench/bench_engine.py [--config config/demo.yaml] [--kit build/refkit] [--work DIR]
+    python bench/bench_engine.py [--config tests/data/small_survey.yaml] [--kit build/refkit] [--work DIR]
                                  [--only a,b,c,d,e]
 """
 
@@ -220,7 +220,7 @@ def journal_figures(run: Path, wall: float, t_launch: float) -> dict[str, float]
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--config", default=str(ROOT / "config" / "demo.yaml"))
+    ap.add_argument("--config", default=str(ROOT / "tests" / "data" / "small_survey.yaml"))  # SUB400P: comparable
     ap.add_argument("--kit", default=str(ROOT / "build" / "refkit"))
     ap.add_argument("--work", default="/tmp/dream-hpc-bench", help="scratch directory (its run dirs are replaced)")
     ap.add_argument("--only", default="a,b,c,d,e", help="variants to run, e.g. b,c,e")

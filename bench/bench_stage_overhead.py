@@ -19,7 +19,7 @@ the machine's digest cache: set DREAM_HPC_CACHE_DIR to an empty directory to see
 are reported apart from the `--units` units measured after them, which are what every further unit
 of a long run costs.
 
-    python bench/bench_stage_overhead.py [--config config/demo.yaml] [--kit build/refkit] [--work DIR]
+    python bench/bench_stage_overhead.py [--config tests/data/small_survey.yaml] [--kit build/refkit] [--work DIR]
                                          [--warmup 2] [--units 4]
 """
 
@@ -128,7 +128,7 @@ def install(meter: Meter) -> None:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--config", default=str(ROOT / "config" / "demo.yaml"))
+    ap.add_argument("--config", default=str(ROOT / "tests" / "data" / "small_survey.yaml"))  # SUB400P: comparable
     ap.add_argument("--kit", default=str(ROOT / "build" / "refkit"))
     ap.add_argument("--work", default=None, help="scratch directory (default: a new temp dir, removed after)")
     ap.add_argument("--warmup", type=int, default=2, help="units run first and reported apart (one-off costs)")

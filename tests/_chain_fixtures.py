@@ -19,11 +19,12 @@ import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-DEMO = ROOT / "config" / "demo.yaml"
+# the chain tests' base: the small SUB400P survey (config/demo.yaml is the FULL-frame demo now)
+DEMO = ROOT / "tests" / "data" / "small_survey.yaml"
 
 
 def demo_like(kit: Path, catalog: Path, **sections: dict[str, Any]) -> dict[str, Any]:
-    """config/demo.yaml pointed at `kit` and `catalog`, with `sections` merged over it (one level deep).
+    """tests/data/small_survey.yaml (the SUB400P demo of sessions 1-3) pointed at `kit` and `catalog`, with `sections` merged over it (one level deep).
 
     A .fits `catalog` is DREaM's layout, as the demo's: it and `<stem>_photometry.fits` beside it; any
     other suffix is one table holding the magnitudes too."""

@@ -43,7 +43,7 @@ def wait_for(predicate, timeout: float, what: str, every: float = 0.5):
 
 @pytest.fixture(scope="session")
 def engine_config(tmp_path_factory: pytest.TempPathFactory, refkit_dir: Path) -> Path:
-    """demo.yaml cut down: one tile x 2 dithers x (NRCB1 F150W + NRCB5 F277W), SUB400P BRIGHT2 x4 = 4 units."""
+    """tests/data/small_survey.yaml cut down: one tile x 2 dithers x (NRCB1 F150W + NRCB5 F277W), SUB400P BRIGHT2 x4 = 4 units."""
     from _chain_fixtures import demo_like, write_config
 
     d = tmp_path_factory.mktemp("engine")

@@ -37,8 +37,8 @@ class Submission:
 
 
 def _config(directory: Path, kit: Path) -> Path:
-    """config/demo.yaml cut to one tile, 4 dithers, NRCB1 only (4 units in F150W), a short readout."""
-    cfg = yaml.safe_load((ROOT / "config" / "demo.yaml").read_text())
+    """tests/data/small_survey.yaml cut to one tile, 4 dithers, NRCB1 only (4 units in F150W), a short readout."""
+    cfg = yaml.safe_load((ROOT / "tests" / "data" / "small_survey.yaml").read_text())
     cfg["references"].update(crds_path=str(kit / "crds_cache"), mirage_data=str(kit / "mirage_data"))
     cfg["catalog"]["path"] = "catalog.ecsv"
     cfg["pointings"].update(rows=1, cols=1, dither={"points": 4, "step_arcsec": 1.0, "pattern": "line"})

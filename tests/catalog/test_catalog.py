@@ -19,7 +19,7 @@ from dream_hpc.core.workunit import WorkUnit
 from dream_hpc.plan import footprint, pointings
 
 ROOT = Path(__file__).resolve().parents[2]
-DEMO = ROOT / "config" / "demo.yaml"
+DEMO = ROOT / "tests" / "data" / "small_survey.yaml"  # the SUB400P demo of sessions 1-3 (the numbers below)
 
 
 # A COSMOS2020-like single table in its own names and units, read through the column map (the

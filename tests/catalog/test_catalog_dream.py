@@ -22,7 +22,7 @@ from dream_hpc.config import load_config
 from dream_hpc.plan import footprint, pointings
 
 ROOT = Path(__file__).resolve().parents[2]
-DEMO = ROOT / "config" / "demo.yaml"
+DEMO = ROOT / "tests" / "data" / "small_survey.yaml"  # the SUB400P demo of sessions 1-3 (the numbers below)
 CENTER = (150.1163, 2.2010)  # config/demo.yaml's pointings centre
 
 

@@ -151,8 +151,9 @@ def test_shipped_configs_are_valid(name: str) -> None:
     validate_step_overrides(cfg)
     units = make_plan(cfg)
     assert units and len({u.unit_id for u in units}) == len(units)
-    if name == "demo.yaml":  # what its header promises: 2 x 2 tiles x 3 dithers x 2 detectors
-        assert len(units) == 24 and {u.detector for u in units} == {"NRCB1", "NRCB5"}
+    if name == "demo.yaml":  # what its header promises: 1 x 2 tiles x 2 dithers x 2 detectors, FULL frames
+        assert len(units) == 8 and {u.detector for u in units} == {"NRCB1", "NRCB5"}
+        assert {u.subarray for u in units} == {"FULL"} and cfg.catalog.synth.star_density_arcmin2 <= 5.0
 
 
 def test_params_table_shows_defaults_and_overrides(tmp_path: Path) -> None:

@@ -20,7 +20,7 @@ from dream_hpc.plan import footprint, pointings, summary
 
 ROOT = Path(__file__).resolve().parents[2]
 DATA = Path(__file__).resolve().parents[1] / "data"
-DEMO = ROOT / "config" / "demo.yaml"
+DEMO = ROOT / "tests" / "data" / "small_survey.yaml"  # the SUB400P demo of sessions 1-3 (the numbers below)
 COSMOS = ROOT / "config" / "cosmos-web.yaml"
 UNIT_ID = re.compile(r"^jw\d{5}\d{3}\d{3}_\d{2}\d\d{2}_\d{5}_nrc[ab][1-5]$")
 

@@ -21,7 +21,7 @@ from dream_hpc.plan.pointings import make_plan
 from dream_hpc.plan.summary import summarize
 
 ROOT = Path(__file__).resolve().parents[2]
-DEMO = ROOT / "config" / "demo.yaml"
+DEMO = ROOT / "tests" / "data" / "small_survey.yaml"  # the SUB400P demo of sessions 1-3 (the numbers below)
 STAGES = ("simulate", "detector1", "image2")
 
 

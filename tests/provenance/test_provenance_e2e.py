@@ -51,7 +51,7 @@ class KilledRun:
 def killed_and_resumed(tmp_path_factory: pytest.TempPathFactory, refkit_dir: Path) -> KilledRun:
     """Two units (NRCB1 F150W, 2 dithers) under mpiexec -n 2; rank 1 SIGKILLed inside a step; plain rerun."""
     tmp = tmp_path_factory.mktemp("prov-e2e")
-    cfg = yaml.safe_load((ROOT / "config/demo.yaml").read_text())
+    cfg = yaml.safe_load((ROOT / "tests/data/small_survey.yaml").read_text())
     cfg["references"].update(crds_path=str(refkit_dir / "crds_cache"), mirage_data=str(refkit_dir / "mirage_data"))
     cfg["catalog"]["path"] = str(tmp / "catalog.ecsv")
     cfg["pointings"].update(rows=1, cols=1, dither={"points": 2, "step_arcsec": 1.0, "pattern": "line"})

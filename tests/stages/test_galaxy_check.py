@@ -33,3 +33,17 @@ def test_too_few_galaxies_are_not_judged() -> None:
     rep = galaxy_check.galaxy_report(pts, np.ones(n, bool), 4.0, 1.5, 20.0, 0.9, 0.1)
     assert not rep["judged"] and rep["passed"] == {"completeness": None, "photometry": None}
     assert "too few galaxies" in rep["verdict"]
+
+
+def test_the_modelled_bias_is_what_is_judged() -> None:
+    n = 30
+    rng = np.random.default_rng(3)
+    bias = rng.uniform(0.0, 1.5, n)
+    pts = {"is_star": np.zeros(n, bool), "snr": np.full(n, 50.0), "matched": np.ones(n, bool),
+           "mag_in": np.full(n, 23.0), "resid_total": bias + 0.02, "size_px": np.full(n, 4.0), "bias": bias}
+    rep = galaxy_check.galaxy_report(pts, np.ones(n, bool), 4.0, 1.5, 20.0, 0.9, 0.1, "model")
+    assert rep["judged"] and rep["passed"] == {"completeness": True, "photometry": True}
+    assert rep["aper_total_residual"]["median_after_bias_model"] == pytest.approx(0.02)
+    pts["resid_total"] = bias + 0.3  # 0.3 mag more than the model expects: fails
+    rep = galaxy_check.galaxy_report(pts, np.ones(n, bool), 4.0, 1.5, 20.0, 0.9, 0.1, "model")
+    assert rep["passed"]["photometry"] is False

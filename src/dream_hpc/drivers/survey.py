@@ -31,7 +31,7 @@ def run_survey(cfg: SurveyConfig, out: str | Path, quiet: bool = False,
     finally:
         if quiet:
             stream.close()
-    if result.stopped:
+    if result.stopped or result.status == "rank":  # under mpiexec only rank 0 writes the summary
         return result.exit_code, None
     go_offline(cfg)  # the summary reads the mosaics offline, as the run did
     with result.run.lock("survey summary"):

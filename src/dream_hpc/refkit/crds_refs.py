@@ -131,6 +131,21 @@ def _dq_def(flag_names: list[str]) -> np.ndarray:
     return np.array(rows, dtype=[("BIT", "<i4"), ("VALUE", "<u4"), ("NAME", "S40"), ("DESCRIPTION", "S80")])
 
 
+def flat_dq(model: DetectorModel) -> np.ndarray:
+    """The FLAT's DQ: the reference pixels see no light, so no flat (NO_FLAT_FIELD | DO_NOT_USE). The MASK
+    may not say DO_NOT_USE there (refpix would then skip them), so the flat is where Image2 learns it:
+    flat_field sets those pixels NaN and DO_NOT_USE (jwst#7015), and skymatch and resample leave them out.
+    Without it they reached the mosaic as valid zeros along every exposure's edge, and skymatch's
+    overlap medians (whose overlaps hold more edge than the whole image) put false steps of ~10 sigma
+    between the demo's exposures."""
+    from dream_hpc.refkit.detector import reference_pixels
+
+    flags = dq_flags()
+    dq = np.zeros((FULL, FULL), np.uint32)
+    dq[reference_pixels()] = flags["REFERENCE_PIXEL"] | flags["NO_FLAT_FIELD"] | flags["DO_NOT_USE"]
+    return dq
+
+
 def write_detector_refs(w: Writer, model: DetectorModel, geometry, zeropoints: dict[str, Zeropoint],
                         readpatts: dict[str, tuple[int, int]], ngroups_max: int, subarrays: list[Subarray]) -> None:
     """All per-detector references: Detector1's, distortion, area, photom and one flat per filter."""
@@ -209,7 +224,7 @@ def write_detector_refs(w: Writer, model: DetectorModel, geometry, zeropoints: d
     w.save(phot, "photom", (d,), detector=det.name, filters=",".join(sorted(zeropoints)))
 
     for filt in sorted(zeropoints):
-        flat = dm.FlatModel(data=model.crds_flat(filt))
+        flat = dm.FlatModel(data=model.crds_flat(filt), dq=flat_dq(model))
         _meta(flat, "flat", det, f"flat = QE x relative pixel area, {filt} ({tag})")
         flat.meta.instrument.filter = filt
         flat.meta.instrument.pupil = "CLEAR"

@@ -81,44 +81,8 @@ def robust_scatter(values: np.ndarray) -> float:
     return float(1.4826 * np.median(np.abs(values - np.median(values))))
 
 
-# --- predicted S/N ---------------------------------------------------------------------------
-def aperture_fraction(radius_px: float, psf_half_light_px: float, source_half_light_px: np.ndarray,
-                      ee_point: float) -> np.ndarray:
-    """Fraction of a source's light inside `radius_px`, given its (circularized) half-light radius.
-
-    The PSF-convolved source is approximated as a Gaussian whose half-light radius adds the PSF's
-    and the source's in quadrature; the result is scaled so a point source gets the catalog's own
-    encircled energy `ee_point` (which carries the real PSF's wings).
-    """
-    def gauss_ee(half_light: np.ndarray) -> np.ndarray:
-        return 1.0 - 2.0 ** (-(radius_px / half_light) ** 2)
-
-    total = np.hypot(psf_half_light_px, np.asarray(source_half_light_px, float))
-    return ee_point * gauss_ee(total) / gauss_ee(np.asarray(psf_half_light_px, float))
-
-
-def predicted_snr(mag: np.ndarray, x: np.ndarray, y: np.ndarray, err: np.ndarray, pixar_sr: float,
-                  radius_px: float, fraction: np.ndarray) -> np.ndarray:
-    """S/N of sources of AB `mag` in a `radius_px` aperture holding `fraction` of their light.
-
-    Signal: the input flux converted to the mosaic's MJy/sr summed over pixels; noise: the
-    mosaic's ERR array added in quadrature over the same aperture at the source position.
-    Independent of whether the source was detected, so completeness is not biased by it.
-    """
-    ny, nx = err.shape
-    r = int(math.ceil(radius_px))
-    yy, xx = np.mgrid[-r:r + 1, -r:r + 1]
-    inside = xx**2 + yy**2 <= radius_px**2
-    snr = np.full(len(mag), np.nan)
-    signal = 3631.0 * 10 ** (-0.4 * np.asarray(mag, float)) * 1e-6 / pixar_sr * np.asarray(fraction, float)
-    for k, (xc, yc) in enumerate(zip(np.rint(x).astype(int), np.rint(y).astype(int), strict=True)):
-        if not (r <= xc < nx - r and r <= yc < ny - r):
-            continue
-        box = err[yc - r:yc + r + 1, xc - r:xc + r + 1][inside]
-        if not np.all(np.isfinite(box)) or np.any(box <= 0):
-            continue  # on the mosaic edge or a masked pixel: no reliable prediction
-        snr[k] = signal[k] / math.sqrt(float(np.sum(box**2)))
-    return snr
+# --- predicted S/N (stages/snr_model.py) ------------------------------------------------------
+from dream_hpc.stages.snr_model import aperture_fraction, predicted_snr  # noqa: E402 (the check's own names)
 
 
 def _apertures(cat_meta: dict[str, Any], pixel_arcsec: float) -> tuple[float, float, float]:
@@ -156,6 +120,7 @@ def check_filter(cfg: Any, filter_: str, i2d: Path, cat: Path, run_root: Path | 
         wht = np.array(model.wht, dtype=float)
         pixar_sr = float(model.meta.photometry.pixelarea_steradians)
         pixel_arcsec = math.degrees(math.sqrt(pixar_sr)) * 3600.0
+        pixel_ratio = float(getattr(model.meta.resample, "pixel_scale_ratio", None) or 1.0)
 
     mags_all = np.asarray(sky.mags[filt], float)
     ra_all, dec_all = np.asarray(sky.ra, float), np.asarray(sky.dec, float)
@@ -178,6 +143,12 @@ def check_filter(cfg: Any, filter_: str, i2d: Path, cat: Path, run_root: Path | 
     size_px = np.where(sky.is_star[idx], 0.0,
                        np.asarray(sky.radius, float)[idx] * np.sqrt(np.asarray(sky.axis_ratio, float)[idx])) / pixel_arcsec
     fraction = aperture_fraction(radius_px, psf_half, size_px, ee)
+    # galaxies: what the aperture measures of each rendered profile; judged apart (stages/galaxy_check.py)
+    from dream_hpc.stages.galaxy_check import galaxy_report, model_galaxies
+
+    gal_model = model_galaxies(cfg, filt, dict(out.meta), sky.take(idx), mags_all[idx], (x_in, y_in, err),
+                               (pixar_sr, pixel_arcsec, pixel_ratio), radius_px, ee, SNR_MIN)
+    fraction = fraction if gal_model is None else np.where(np.isfinite(gal_model.fraction), gal_model.fraction, fraction)
     snr = predicted_snr(mags_all[idx], x_in, y_in, err, pixar_sr, radius_px, fraction)
     bright = np.isfinite(snr) & (snr > SNR_MIN)
     iso = isolated(xy_all, mags_good, pos_in_good[idx], xy_all, mags_good) if len(idx) else np.zeros(0, bool)
@@ -229,7 +200,7 @@ def check_filter(cfg: Any, filter_: str, i2d: Path, cat: Path, run_root: Path | 
         "snr_min": SNR_MIN,
         "snr_basis": (f"predicted from the input AB magnitude and size and the mosaic ERR array, in the catalog's "
                       f"{radius_px:.2f}-pixel aperture (holding {ee:.0%} of a point source's light; galaxies: "
-                      "Gaussian approximation of the PSF-convolved profile)"),
+                      + ("their rendered profiles, local sky subtracted)" if gal_model else "a Gaussian model)")),
         "snr_measured_over_predicted_stars": _median(snr_ratio[rec_stars]),
         "match_radius_arcsec": MATCH_RADIUS_ARCSEC,
         "missed": _missed(sample & ~matched, mags_all[idx], snr, is_star, size_px * pixel_arcsec),
@@ -255,12 +226,10 @@ def check_filter(cfg: Any, filter_: str, i2d: Path, cat: Path, run_root: Path | 
     result["_points"] = {"mag_in": mags_all[idx], "snr": snr, "sample": sample, "matched": matched,
                          "is_star": is_star, "resid_total": resid_total, "dx": dx, "dy": dy,
                          "row": np.asarray(sky.row)[idx], "ra": ra_all[idx], "dec": dec_all[idx],
-                         "mag_total": mag_total, "mag_iso": mag_iso, "size_px": size_px}
-    # galaxies on their own (stages/galaxy_check.py); their verdicts count once enough are judged
-    from dream_hpc.stages.galaxy_check import galaxy_report
-
+                         "mag_total": mag_total, "mag_iso": mag_iso, "size_px": size_px,
+                         **({} if gal_model is None else {"bias": gal_model.bias, "bias_ideal": gal_model.bias_ideal_profile})}
     result["galaxies"] = galaxy_report(result["_points"], iso, radius_px, psf_half, SNR_MIN, MIN_COMPLETENESS,
-                                       MAX_MAG_RESIDUAL)
+                                       MAX_MAG_RESIDUAL, gal_model.model if gal_model is not None else None)
     for key, ok in result["galaxies"]["passed"].items():
         if ok is not None:
             result["passed"][f"galaxy_{key}"] = ok

@@ -4,8 +4,9 @@ Image3's skymatch (default `match`, `subtract=False`) records a level per exposu
 removes when drizzling. skymatch fits those levels to the differences it sees where exposures
 overlap, so that is where they are judged: for each pair of overlapping exposures (their `_crf`, as
 drizzled), the source-masked median of (a - level_a) - (b - level_b) over the sky both cover, in units
-of that median's error (1.2533 sigma / sqrt(n) of the difference, or, where 1/f stripes correlate
-rows, the row medians' scatter / sqrt(rows)). Comparing each exposure's whole-area median instead
+of that median's error (1.2533 sigma / sqrt(n) of the difference; or, where 1/f stripes correlate
+rows, the row medians' scatter / sqrt(rows); or, where the background has large-scale structure, the
+scatter of the overlap's 8 x 8 block medians / 8). Comparing each exposure's whole-area median instead
 (this module's first version) judged skymatch where it never looked: a detector's background varies
 by ~0.01-0.02 MJy/sr across the frame (flat and dark residuals, 1/f), 10x the error of a whole-frame
 median, so levels right for the overlaps looked 10 sigma wrong. Also reported: each exposure's
@@ -59,6 +60,7 @@ def exposure_levels(crf_paths: Sequence[Path]) -> list[dict[str, Any]]:
     return out
 
 
+BLOCKS = 8  # blocks per axis of an overlap for the background-structure term of a pair's error
 SAMPLE_STEP = 2  # every 2nd pixel per axis of the first exposure of a pair: IPC-correlated neighbours left out
 MIN_OVERLAP = 200  # usable sampled pixels for a pair to be judged
 
@@ -70,13 +72,30 @@ def _footprint_box(model: Any) -> tuple[float, float, float, float]:
     return float(np.min(ra)), float(np.max(ra)), float(np.min(dec)), float(np.max(dec))
 
 
-def _median_error(diff: np.ndarray, rows: np.ndarray) -> float:
+def _median_error(diff: np.ndarray, x: np.ndarray, y: np.ndarray, blocks: int = BLOCKS) -> float:
+    """Error of the median of a pair's differences at pixels (x, y) of the first exposure: the white-noise
+    error, or, where 1/f stripes correlate rows, the row medians' scatter / sqrt(rows), or, where the
+    background has large-scale structure that no single level represents (flat and pixel-area residuals,
+    amplifier offsets, 1/f remnants), the scatter of the overlap's blocks x blocks block medians /
+    sqrt(blocks). Measured on the FULL-frame demo: F277W's background varies +-0.0005 MJy/sr (0.6%) across
+    a detector while the white-noise error of a 3.3-Mpixel median is 0.00001."""
+    def scatter_of_medians(groups: np.ndarray, min_n: int) -> float:
+        order = np.argsort(groups, kind="stable")
+        _, starts, counts = np.unique(groups[order], return_index=True, return_counts=True)
+        sorted_diff = diff[order]
+        meds = [np.median(sorted_diff[a:a + n]) for a, n in zip(starts, counts, strict=True) if n >= min_n]
+        if len(meds) <= 10:
+            return 0.0
+        m = np.asarray(meds)
+        return 1.4826 * float(np.median(np.abs(m - np.median(m)))) / math.sqrt(len(m))
+
     med = float(np.median(diff))
     white = 1.2533 * 1.4826 * float(np.median(np.abs(diff - med))) / math.sqrt(diff.size)
-    by_row = [np.median(diff[rows == r]) for r in np.unique(rows) if np.count_nonzero(rows == r) >= 20]
-    striped = (1.4826 * float(np.median(np.abs(np.asarray(by_row) - np.median(by_row)))) / math.sqrt(len(by_row))
-               if len(by_row) > 10 else 0.0)
-    return max(white, striped)
+    striped = scatter_of_medians(y, 20)
+    bx = ((x - x.min()) * blocks // max(int(np.ptp(x)) + 1, 1)).astype(np.int64)
+    by = ((y - y.min()) * blocks // max(int(np.ptp(y)) + 1, 1)).astype(np.int64)
+    structure = scatter_of_medians(by * blocks + bx, 25)
+    return max(white, striped, structure)
 
 
 def pair_differences(crf_paths: Sequence[Path]) -> list[dict[str, Any]]:
@@ -114,7 +133,7 @@ def pair_differences(crf_paths: Sequence[Path]) -> list[dict[str, Any]]:
         if np.count_nonzero(ok) < MIN_OVERLAP:
             continue
         diff = a["data"][y[ok], x[ok]] - b["data"][yi[ok], xi[ok]]
-        err = _median_error(diff, y[ok])
+        err = _median_error(diff, x[ok], y[ok])
         med = float(np.median(diff))
         out.append({"a": a["name"], "b": b["name"], "n": int(np.count_nonzero(ok)), "difference": med,
                     "error": err, "sigma": med / err if err > 0 else float("nan")})
