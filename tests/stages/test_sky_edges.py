@@ -69,18 +69,17 @@ def test_the_kits_flat_flags_the_reference_pixels(refkit_dir: Path) -> None:
         assert not np.any(dq[~border] & dqflags.pixel["REFERENCE_PIXEL"]), path.name
 
 
-def test_a_levels_error_counts_background_structure_not_only_pixels() -> None:
+def test_a_pairs_error_counts_background_structure_not_only_pixels() -> None:
     """White noise: the block term equals the white-noise error of the median (no inflation); a smooth
-    0.6% gradient no single level represents: the error grows to its size (the FULL-frame demo's F277W)."""
-    from dream_hpc.stages.sky_check import _masked_level
+    0.6% gradient across the overlap that no single level represents (the FULL-frame demo's F277W):
+    the error grows to its size."""
+    from dream_hpc.stages.sky_check import _median_error
 
     rng = np.random.default_rng(7)
     n = 1024
-    flat = 0.08 + 0.0086 * rng.standard_normal((n, n))
-    usable = np.ones((n, n), bool)
-    _, err_flat, count = _masked_level(flat, usable)
-    white = 0.0086 * 1.2533 / np.sqrt(count)
-    assert err_flat == pytest.approx(white, rel=0.5)
-    gradient = flat + np.linspace(-0.0005, 0.0005, n)[:, None]
-    _, err_grad, _ = _masked_level(gradient, usable)
-    assert err_grad > 3 * white and err_grad > 3e-5  # ~ the gradient's block scatter (0.0003) / 8
+    y, x = (v.ravel() for v in np.mgrid[0:n, 0:n])
+    flat = 0.0086 * rng.standard_normal(n * n)
+    white = 0.0086 * 1.2533 / np.sqrt(n * n)
+    assert _median_error(flat, x, y) == pytest.approx(white, rel=0.5)
+    gradient = flat + np.linspace(-0.0005, 0.0005, n)[y]
+    assert _median_error(gradient, x, y) > 3 * white and _median_error(gradient, x, y) > 3e-5
