@@ -17,7 +17,8 @@
 # Every #SBATCH default below can be overridden on the sbatch command line (--nodes=8 ...) or with
 # SBATCH_* variables. Inputs: DREAM_CONFIG, DREAM_RUN, DREAM_IMAGE, DREAM_BINDS, DREAM_VENV,
 # CRDS_PATH, MIRAGE_DATA (slurm/common.sh); DREAM_MPI (srun --mpi, default pmi2), DREAM_SRUN_ARGS,
-# DREAM_MAX_REQUEUES (default 20); Image3 job: DREAM_IMAGE3_NODES, _TASKS, _MEM, _TIME, _CPUS, _PARTITION,
+# DREAM_MAX_REQUEUES (default 20); Image3 job: DREAM_IMAGE3_NODES, _TASKS (default: this job's tasks
+# per node), _MEM, _TIME, _CPUS, _PARTITION,
 # _ACCOUNT, _ARGS (extra sbatch options), _OUTPUT. docs/cluster.md has examples.
 #SBATCH --job-name=dream-survey
 #SBATCH --nodes=4
@@ -84,7 +85,11 @@ submit_image3() {
     [[ -n ${DREAM_IMAGE3_TIME:-} ]] && args+=(--time="$DREAM_IMAGE3_TIME")
     [[ -n ${DREAM_IMAGE3_CPUS:-} ]] && args+=(--cpus-per-task="$DREAM_IMAGE3_CPUS")
     [[ -n ${DREAM_IMAGE3_NODES:-} ]] && args+=(--nodes="$DREAM_IMAGE3_NODES")
-    [[ -n ${DREAM_IMAGE3_TASKS:-} ]] && args+=(--ntasks="$DREAM_IMAGE3_TASKS")
+    # Ranks of the Image3 job: DREAM_IMAGE3_TASKS, else as many as this job runs on one node (its
+    # tiles run on them); image3.sh's own default (2) could ask more than a node of this partition has.
+    local per_node=${SLURM_TASKS_PER_NODE:-1}
+    per_node=${per_node%%[(,]*}
+    args+=(--ntasks="${DREAM_IMAGE3_TASKS:-$per_node}")
     [[ -n ${DREAM_IMAGE3_OUTPUT:-} ]] && args+=(--output="$DREAM_IMAGE3_OUTPUT")
     local partition=${DREAM_IMAGE3_PARTITION:-${SLURM_JOB_PARTITION:-}}
     local account=${DREAM_IMAGE3_ACCOUNT:-${SLURM_JOB_ACCOUNT:-}}
