@@ -17,6 +17,7 @@ from dream_hpc.core.rundir import RunDir
 from dream_hpc.core.runstate import RunView
 from dream_hpc.core.workunit import STAGES
 from dream_hpc.drivers import report_figures as figs
+from dream_hpc.stages.params import format_value
 
 SLOWEST = 20
 
@@ -38,14 +39,6 @@ def _stats(values: list[float]) -> dict[str, float] | None:
     a = np.asarray(values, float)
     return {"n": int(a.size), "min": float(a.min()), "median": float(np.median(a)),
             "p90": float(np.percentile(a, 90)), "max": float(a.max()), "sum": float(a.sum())}
-
-
-def _fmt(value: Any) -> str:
-    if value is None:
-        return "None"
-    if isinstance(value, str):
-        return repr(value) if value == "" or " " in value else value
-    return str(value)
 
 
 def _seconds(iso: str | None) -> float | None:
@@ -97,8 +90,8 @@ def step_parameter_rows(cfg: SurveyConfig) -> tuple[list[dict[str, Any]], str]:
                     value, source = from_crds[p.name], "CRDS pars-*"
                 else:
                     continue
-                rows.append({"pipeline": pipeline, "step": step, "param": p.name, "default": _fmt(p.default),
-                             "value": _fmt(value), "source": source,
+                rows.append({"pipeline": pipeline, "step": step, "param": p.name, "default": format_value(p.default),
+                             "value": format_value(value), "source": source,
                              "note": params.NOTES.get((pipeline, step, p.name)) or p.comment})
     return rows, note
 
@@ -106,7 +99,7 @@ def step_parameter_rows(cfg: SurveyConfig) -> tuple[list[dict[str, Any]], str]:
 def config_rows(cfg: SurveyConfig) -> list[dict[str, str]]:
     """Config keys (outside pipeline.*, listed with the step parameters) that differ from the defaults."""
     mine, base = _flat(cfg.to_dict()), _flat(defaults().to_dict())
-    return [{"key": k, "default": _fmt(base.get(k)), "value": _fmt(v)} for k, v in mine.items()
+    return [{"key": k, "default": format_value(base.get(k)), "value": format_value(v)} for k, v in mine.items()
             if not k.startswith("pipeline.") and base.get(k) != v]
 
 

@@ -224,7 +224,8 @@ def crds_parameters(cfg: SurveyConfig) -> tuple[dict[tuple[str, str], dict[str, 
 
 
 # --- the table ---------------------------------------------------------------------------------
-def _fmt(value: Any) -> str:
+def format_value(value: Any) -> str:
+    """A parameter value as `dream-hpc params` and the run's page show it (quoted when empty or spaced)."""
     if value is None:
         return "None"
     if isinstance(value, str):
@@ -277,10 +278,10 @@ def render(cfg: SurveyConfig, pipelines: list[str] | None = None, changed_only: 
                     continue
                 mark, value = " ", ""
                 if p.name in from_crds and from_crds[p.name] != p.default:
-                    mark, value = "c", f"{_fmt(from_crds[p.name])} (crds)"
+                    mark, value = "c", f"{format_value(from_crds[p.name])} (crds)"
                 if p.name in survey:
-                    mark, value = "*", _fmt(survey[p.name])
-                lines.append(f"  {mark} {p.name:<{width}} {_fmt(p.default):<14} {value:<14} {p.comment}".rstrip())
+                    mark, value = "*", format_value(survey[p.name])
+                lines.append(f"  {mark} {p.name:<{width}} {format_value(p.default):<14} {value:<14} {p.comment}".rstrip())
                 note = NOTES.get((pipeline, step, p.name))
                 if note:
                     lines.append(f"    {'':<{width}} why: {note}{_dynamic_hint(cfg, pipeline, step, p.name)}")
