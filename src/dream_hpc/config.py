@@ -196,7 +196,10 @@ class ReferenceCatalogSection:
 
 @dataclass
 class SimulationSection:
-    background_rate: float = 0.2  # ADU/s/pixel, handed to Mirage as `bkgdrate` (a number: no archive)
+    # zodiacal: per exposure from its filter, field and date (stages/zodiacal.py, Leinert et al. 1998, offline);
+    # a number: that many ADU/s/pixel in every filter. Handed to Mirage as `bkgdrate`, always a number:
+    # Mirage's own low/medium/high would download jwst_backgrounds' model.
+    background_rate: float | str = "zodiacal"
     pointing_error: PointingErrorSection = field(default_factory=PointingErrorSection)
     reference_catalog: ReferenceCatalogSection = field(default_factory=ReferenceCatalogSection)
     cosmic_rays: bool = True
@@ -542,6 +545,10 @@ def validate(cfg: SurveyConfig) -> None:
     for key in ("visit_sigma_mas", "dither_sigma_mas", "roll_sigma_arcsec", "fixed_visit_mas"):
         if getattr(pe, key) < 0:
             raise ConfigError(f"simulation.pointing_error.{key}: {getattr(pe, key)} cannot be negative")
+    bg = cfg.simulation.background_rate
+    if isinstance(bg, str) and bg != "zodiacal":
+        raise ConfigError(f"simulation.background_rate: {bg!r} (give zodiacal, a level per filter for the field and "
+                          "date, or a number of ADU/s/pixel; Mirage's low/medium/high would query the archive)")
     rc = cfg.simulation.reference_catalog
     if rc.kind not in ("gaia", "hst"):
         raise ConfigError(f"simulation.reference_catalog.kind: {rc.kind!r} (choose gaia or hst)")

@@ -23,13 +23,42 @@ def alignment_check(cfg: SurveyConfig, run: RunDir, view: RunView, filt: str, tw
     crf_of = tiles.crf_path if cfg.mosaic.mode == "tiles" else astrometry_truth.crf_path
     truth = astrometry_truth.check_exposures(run, done, tweak.get("alignment"), crf_of)
     truth["mosaic_offset"] = astrometry_truth.mosaic_offset_mas(check)
+    refcats = (sorted(tiles.astrometry_dir(run).glob(f"*_{filt.lower()}_refcat.ecsv")) if cfg.mosaic.mode == "tiles"
+               else [run.mosaic / f"{filt.lower()}_refcat.ecsv"])
+    _astrometry_limit(check, astrometry_truth.reference_error_mas(refcats))
     truth["tweakreg_status"] = (tweak.get("alignment") or {}).get("status", "unknown")
     check.setdefault("passed", {})["alignment"] = bool(truth["passed"])
     from dream_hpc.stages.truth_products import write_matched_catalog
 
     out = {"alignment_truth": truth, "matched_catalog": run.rel(write_matched_catalog(run, filt, check))}
     out["sky"] = sky_matching(run, [crf_of(run, u) for u in done], check)
+    out["sky_vs_truth"] = sky_vs_truth(cfg, run, done, check)
     return out
+
+
+def sky_vs_truth(cfg: SurveyConfig, run: RunDir, done: list[WorkUnit], check: dict[str, Any]) -> dict[str, Any] | None:
+    """The calibrated exposures' sky against the injected background (stages/sky_truth.py); sets
+    passed["sky_level"]."""
+    from dream_hpc.stages import sky_truth
+    from dream_hpc.stages.contract import product_path
+    from dream_hpc.stages.mirage_inputs import background_truth
+
+    result = sky_truth.check([(product_path(run, u, "image2"), background_truth(cfg, u)) for u in done])
+    if result is not None:
+        check.setdefault("passed", {})["sky_level"] = result["passed"]
+    return result
+
+
+def _astrometry_limit(check: dict[str, Any], reference_error_mas: float | None) -> None:
+    """The mosaic-offset verdict with the limit that allows for the reference catalog's own error."""
+    from dream_hpc.stages import science
+
+    if "offset_px" not in check or not check.get("pixel_arcsec"):
+        return
+    limit = science.offset_limit_px(reference_error_mas, float(check["pixel_arcsec"]))
+    check["reference_error_mas"] = reference_error_mas
+    check["offset_limit_px"] = limit
+    check.setdefault("passed", {})["astrometry"] = science.astrometry_passed(check, limit)
 
 
 def tiled_tweakreg(cfg: SurveyConfig, view: RunView, filt: str) -> dict[str, Any]:
@@ -95,6 +124,12 @@ def alignment_lines(science: dict[str, Any]) -> list[str]:
         lines.append(f"      sky matching: overlapping exposures after skymatch differ by <= "
                      f"{sky['max_abs_pair_difference_sigma']:.1f} sigma ({sky['n_pairs']} overlapping pairs) [{ok_sky}]; mosaic "
                      f"background median {sky['mosaic_background_in_pixel_sigma']:+.2f} pixel sigma")
+    level = science.get("sky_vs_truth")
+    if level:
+        lines.append(f"      sky vs truth: calibrated / injected background {level['median_ratio']:.3f} (median of "
+                     f"{len(level['exposures'])}; {level['min_ratio']:.3f}-{level['max_ratio']:.3f}), injected "
+                     f"{level['injected_mjy_sr']:.4f} MJy/sr ({level['model']}) "
+                     f"[{'ok' if level['passed'] else 'OFF'}]")
     g = science.get("galaxies")
     if g:
         c, ph = g["completeness_curve"], g["aper_total_residual"]

@@ -105,3 +105,20 @@ def mosaic_offset_mas(science: dict[str, Any]) -> dict[str, float] | None:
         return None
     return {"median_dx_mas": off["median_dx"] * px * 1000.0, "median_dy_mas": off["median_dy"] * px * 1000.0,
             "scatter_dx_mas": off["scatter_dx"] * px * 1000.0, "scatter_dy_mas": off["scatter_dy"] * px * 1000.0}
+
+
+def reference_error_mas(refcats: Sequence[Path]) -> float | None:
+    """Per-axis error (mas) of the mean position of the reference catalog's sources used for a mosaic (every
+    source of its `_refcat.ecsv` files once): 1 / sqrt(sum 1 / sigma^2). Every source counts, matched or not,
+    so this is the smallest error the alignment can have: the limit it sets is never looser than it must be."""
+    from astropy.table import Table, vstack
+
+    tables = [Table.read(p, format="ascii.ecsv") for p in refcats if p.is_file()]
+    tables = [t for t in tables if len(t) and "sigma_mas" in t.colnames]
+    if not tables:
+        return None
+    t = vstack(tables)
+    _, first = np.unique(np.round(np.c_[t["RA"], t["DEC"]] * 3.6e6).astype(np.int64), axis=0, return_index=True)
+    sigma = np.asarray(t["sigma_mas"], float)[first]
+    sigma = sigma[np.isfinite(sigma) & (sigma > 0)]
+    return float(1.0 / math.sqrt(np.sum(1.0 / sigma ** 2))) if sigma.size else None

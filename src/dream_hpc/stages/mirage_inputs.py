@@ -99,6 +99,14 @@ def _prepare_dark(yaml_path: Path, outdir: Path, unit: WorkUnit, cached: Path) -
         os.replace(produced, tmp)
 
 
+def background_truth(cfg: Any, unit: WorkUnit) -> dict[str, Any]:
+    """The sky this unit's exposure gets (`simulation.background_rate` resolved for its filter, field, date)."""
+    from dream_hpc.stages import zodiacal
+
+    return zodiacal.background_truth(cfg.simulation.background_rate, unit.ra, unit.dec, unit.date_obs,
+                                     unit.time_obs, unit.detector, unit.filter, unit.pupil)
+
+
 # --- the Mirage yaml -------------------------------------------------------------------------
 def mirage_params(unit: WorkUnit, ctx: StageContext, refs: dict[str, Path], kit: dict[str, Path],
                   catalogs: dict[str, Path | None], outdir: Path) -> dict[str, Any]:
@@ -149,7 +157,7 @@ def mirage_params(unit: WorkUnit, ctx: StageContext, refs: dict[str, Path], kit:
             "movingTargetConvolveExtended": True, "movingTargetToTrack": none,
             "tso_imaging_catalog": none, "tso_grism_catalog": none,
             "zodiacal": none, "zodiscale": 1.0, "scattered": none, "scatteredscale": 1.0,
-            "bkgdrate": float(sim.background_rate),  # a number: low/medium/high would query the archive
+            "bkgdrate": float(background_truth(cfg, unit)["adu_s"]),  # a number: low/medium/high would query the archive
             "poissonseed": unit.seeds["poisson"], "photonyield": True, "pymethod": True,
             "expand_catalog_for_segments": False, "use_dateobs_for_background": False,
             "signal_low_limit_for_segmap": 0.031, "signal_low_limit_for_segmap_units": "ADU/sec",

@@ -34,6 +34,7 @@ from dream_hpc.stages.mirage_inputs import (
     MIRAGE_REFTYPES,
     SimulationError,
     _prepare_dark,
+    background_truth,
     dark_cache_path,
     mirage_params,
     mirage_references,
@@ -283,5 +284,6 @@ def simulate_unit(unit: WorkUnit, ctx: StageContext) -> StageResult:
                     "dark_prep": dark_state,
                     "dark_prep_product": _rel(run, cached_dark) if cached_dark else None,
                     "pointing_truth": pointing_error.truth_record(error, unit),
+                    "background_truth": background_truth(cfg, unit),
                     "truth": {k: run.rel(v) for k, v in truth.items()}}
     return result

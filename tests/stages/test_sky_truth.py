@@ -1,0 +1,58 @@
+"""The calibrated sky against the injected background (stages/sky_truth.py), and the mosaic-offset limit that
+allows for the reference catalog's error (stages/science.offset_limit_px, astrometry_truth.reference_error_mas)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from dream_hpc.stages import astrometry_truth, science, sky_truth
+
+
+def _cal(path: Path, level: float, seed: int) -> Path:
+    from stdatamodels.jwst import datamodels
+
+    rng = np.random.default_rng(seed)
+    data = level + rng.normal(0.0, 0.02, (300, 300))
+    yy, xx = np.mgrid[0:300, 0:300]
+    for x, y in rng.uniform(20, 280, (30, 2)):  # sources the median must not see
+        data += 5.0 * np.exp(-((xx - x) ** 2 + (yy - y) ** 2) / (2 * 1.5 ** 2))
+    data[:4] = np.nan  # reference rows: NaN after Image2
+    model = datamodels.ImageModel(data=data.astype(np.float32), dq=np.zeros(data.shape, np.uint32))
+    model.save(path)
+    return path
+
+
+def test_injected_level_comes_back_and_a_calibration_error_does_not(tmp_path: Path) -> None:
+    truth = {"model": "zodiacal (Leinert et al. 1998)", "mjy_sr": 0.23}
+    good = sky_truth.check([(_cal(tmp_path / f"a{i}_cal.fits", 0.23, i), truth) for i in range(3)])
+    assert good is not None and good["passed"], good
+    assert good["median_ratio"] == pytest.approx(1.0, abs=0.005)
+    # a 5% gain or units error common to every exposure: invisible to sky matching, caught here
+    off = sky_truth.check([(_cal(tmp_path / f"b{i}_cal.fits", 0.23 * 1.05, i), truth) for i in range(3)])
+    assert off is not None and not off["passed"] and off["median_ratio"] == pytest.approx(1.05, abs=0.005)
+    assert sky_truth.check([(tmp_path / "missing_cal.fits", truth)]) is None
+
+
+def test_offset_limit_allows_for_the_reference_catalogs_error(tmp_path: Path) -> None:
+    from astropy.table import Table
+
+    # 34 references of 3-10 mas: the error of their mean is ~1 mas per axis
+    sigma = np.linspace(3.0, 10.0, 34)
+    Table({"RA": np.linspace(150.0, 150.01, 34), "DEC": np.full(34, 2.2), "sigma_mas": sigma}).write(
+        tmp_path / "a_f150w_refcat.ecsv", format="ascii.ecsv")
+    # the same sources again in a second visit's file count once
+    Table({"RA": np.linspace(150.0, 150.01, 34), "DEC": np.full(34, 2.2), "sigma_mas": sigma}).write(
+        tmp_path / "b_f150w_refcat.ecsv", format="ascii.ecsv")
+    ref = astrometry_truth.reference_error_mas([tmp_path / "a_f150w_refcat.ecsv", tmp_path / "b_f150w_refcat.ecsv"])
+    assert ref == pytest.approx(1.0 / math.sqrt(np.sum(1 / sigma ** 2)))
+    limit = science.offset_limit_px(ref, 0.03)
+    assert limit == pytest.approx(math.hypot(science.MAX_OFFSET_PX, 3 * ref / 30.0))
+    assert science.offset_limit_px(None, 0.03) == science.MAX_OFFSET_PX  # no references: the pipeline's own
+    r = {"offset_px": {"median_dx": 0.0, "median_dy": 0.12, "scatter_dx": 0.1, "scatter_dy": 0.1}}
+    assert not science.astrometry_passed(r) and science.astrometry_passed(r, limit)  # last session's 3.6 mas
+    r["offset_px"]["median_dy"] = 1.5 * limit  # a real misalignment still fails
+    assert not science.astrometry_passed(r, limit)
