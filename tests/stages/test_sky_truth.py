@@ -1,5 +1,5 @@
 """The calibrated sky against the injected background (stages/sky_truth.py), and the mosaic-offset limit that
-allows for the reference catalog's error (stages/science.offset_limit_px, astrometry_truth.reference_error_mas)."""
+allows for the absolute fit's own error (stages/science.offset_limit_px, astrometry_truth.absolute_fit_error_mas)."""
 
 from __future__ import annotations
 
@@ -37,21 +37,16 @@ def test_injected_level_comes_back_and_a_calibration_error_does_not(tmp_path: Pa
     assert sky_truth.check([(tmp_path / "missing_cal.fits", truth)]) is None
 
 
-def test_offset_limit_allows_for_the_reference_catalogs_error(tmp_path: Path) -> None:
-    from astropy.table import Table
-
-    # 34 references of 3-10 mas: the error of their mean is ~1 mas per axis
-    sigma = np.linspace(3.0, 10.0, 34)
-    Table({"RA": np.linspace(150.0, 150.01, 34), "DEC": np.full(34, 2.2), "sigma_mas": sigma}).write(
-        tmp_path / "a_f150w_refcat.ecsv", format="ascii.ecsv")
-    # the same sources again in a second visit's file count once
-    Table({"RA": np.linspace(150.0, 150.01, 34), "DEC": np.full(34, 2.2), "sigma_mas": sigma}).write(
-        tmp_path / "b_f150w_refcat.ecsv", format="ascii.ecsv")
-    ref = astrometry_truth.reference_error_mas([tmp_path / "a_f150w_refcat.ecsv", tmp_path / "b_f150w_refcat.ecsv"])
-    assert ref == pytest.approx(1.0 / math.sqrt(np.sum(1 / sigma ** 2)))
-    limit = science.offset_limit_px(ref, 0.03)
-    assert limit == pytest.approx(math.hypot(science.MAX_OFFSET_PX, 3 * ref / 30.0))
-    assert science.offset_limit_px(None, 0.03) == science.MAX_OFFSET_PX  # no references: the pipeline's own
+def test_offset_limit_allows_for_the_absolute_fits_own_error() -> None:
+    # the demo's F150W absolute fit: 37 matches, RMS 10 mas -> 1.17 mas per axis
+    alignment = {"absolute": {"status": "fitted", "matches": 37, "rmse_arcsec": 0.010}}
+    err = astrometry_truth.absolute_fit_error_mas(alignment)
+    assert err == pytest.approx(10.0 / math.sqrt(74))
+    assert astrometry_truth.absolute_fit_error_mas({"absolute": {"status": "failed", "matches": 3,
+                                                                 "rmse_arcsec": 0.01}}) is None
+    limit = science.offset_limit_px(err, 0.03)
+    assert limit == pytest.approx(math.hypot(science.MAX_OFFSET_PX, 3 * err / 30.0))
+    assert science.offset_limit_px(None, 0.03) == science.MAX_OFFSET_PX  # no absolute fit: the pipeline's own
     r = {"offset_px": {"median_dx": 0.0, "median_dy": 0.12, "scatter_dx": 0.1, "scatter_dy": 0.1}}
     assert not science.astrometry_passed(r) and science.astrometry_passed(r, limit)  # last session's 3.6 mas
     r["offset_px"]["median_dy"] = 1.5 * limit  # a real misalignment still fails

@@ -203,7 +203,8 @@ def science_section(run: RunDir, view: RunView, summary: dict[str, Any] | None) 
          f"({sc.ISOLATION_RADIUS_ARCSEC:g}\" / {sc.ISOLATION_DMAG:g} mag) input sources, matched within "
          f"{sc.MATCH_RADIUS_ARCSEC:g}\""),
         ("astrometry", f"|median offset| <= {sc.MAX_OFFSET_PX:g} px, robust scatter <= {sc.MAX_SCATTER_PX:g} px",
-         "per axis, mosaic pixels, output - input position"),
+         "per axis, mosaic pixels, output - input position; the offset limit adds, in quadrature, 3 sigma of the "
+         "absolute fit's own error (RMS / sqrt(2 matches))"),
         ("photometry", f"|median residual| <= {sc.MAX_MAG_RESIDUAL:g} mag",
          f"aper_total_abmag - input, stars when >= {sc.MIN_STARS_FOR_HEADLINE} are matched, else all sources"),
     ]

@@ -23,9 +23,7 @@ def alignment_check(cfg: SurveyConfig, run: RunDir, view: RunView, filt: str, tw
     crf_of = tiles.crf_path if cfg.mosaic.mode == "tiles" else astrometry_truth.crf_path
     truth = astrometry_truth.check_exposures(run, done, tweak.get("alignment"), crf_of)
     truth["mosaic_offset"] = astrometry_truth.mosaic_offset_mas(check)
-    refcats = (sorted(tiles.astrometry_dir(run).glob(f"*_{filt.lower()}_refcat.ecsv")) if cfg.mosaic.mode == "tiles"
-               else [run.mosaic / f"{filt.lower()}_refcat.ecsv"])
-    _astrometry_limit(check, astrometry_truth.reference_error_mas(refcats))
+    _astrometry_limit(check, astrometry_truth.absolute_fit_error_mas(tweak.get("alignment")))
     truth["tweakreg_status"] = (tweak.get("alignment") or {}).get("status", "unknown")
     check.setdefault("passed", {})["alignment"] = bool(truth["passed"])
     from dream_hpc.stages.truth_products import write_matched_catalog
@@ -49,14 +47,14 @@ def sky_vs_truth(cfg: SurveyConfig, run: RunDir, done: list[WorkUnit], check: di
     return result
 
 
-def _astrometry_limit(check: dict[str, Any], reference_error_mas: float | None) -> None:
-    """The mosaic-offset verdict with the limit that allows for the reference catalog's own error."""
+def _astrometry_limit(check: dict[str, Any], fit_error_mas: float | None) -> None:
+    """The mosaic-offset verdict with the limit that allows for the absolute fit's own error."""
     from dream_hpc.stages import science
 
     if "offset_px" not in check or not check.get("pixel_arcsec"):
         return
-    limit = science.offset_limit_px(reference_error_mas, float(check["pixel_arcsec"]))
-    check["reference_error_mas"] = reference_error_mas
+    limit = science.offset_limit_px(fit_error_mas, float(check["pixel_arcsec"]))
+    check["absolute_fit_error_mas"] = fit_error_mas
     check["offset_limit_px"] = limit
     check.setdefault("passed", {})["astrometry"] = science.astrometry_passed(check, limit)
 

@@ -155,7 +155,8 @@ def mosaic_lines(mosaics: dict[str, Any]) -> list[str]:
         comp = "n/a" if sc["completeness"] is None else f"{sc['completeness']:.0%}"
         lines.append(f"      science: completeness {comp} of {sc['n_bright_isolated']} bright isolated "
                      f"[{'ok' if passed['completeness'] else 'LOW'}]; offsets dx {_signed(off['median_dx'])} "
-                     f"dy {_signed(off['median_dy'])} px [{'ok' if passed['astrometry'] else 'OFF'}]; "
+                     f"dy {_signed(off['median_dy'])} px <= {sc.get('offset_limit_px') or 0.1:.2f} "
+                     f"[{'ok' if passed['astrometry'] else 'OFF'}]; "
                      f"mag residual {_signed(mag['median'])} ({mag['population']}, n={mag['n']}) "
                      f"[{'ok' if passed['photometry'] else 'OFF'}]")
         lines += science_truth.alignment_lines(sc)

@@ -107,18 +107,13 @@ def mosaic_offset_mas(science: dict[str, Any]) -> dict[str, float] | None:
             "scatter_dx_mas": off["scatter_dx"] * px * 1000.0, "scatter_dy_mas": off["scatter_dy"] * px * 1000.0}
 
 
-def reference_error_mas(refcats: Sequence[Path]) -> float | None:
-    """Per-axis error (mas) of the mean position of the reference catalog's sources used for a mosaic (every
-    source of its `_refcat.ecsv` files once): 1 / sqrt(sum 1 / sigma^2). Every source counts, matched or not,
-    so this is the smallest error the alignment can have: the limit it sets is never looser than it must be."""
-    from astropy.table import Table, vstack
 
-    tables = [Table.read(p, format="ascii.ecsv") for p in refcats if p.is_file()]
-    tables = [t for t in tables if len(t) and "sigma_mas" in t.colnames]
-    if not tables:
+def absolute_fit_error_mas(alignment: dict[str, Any] | None) -> float | None:
+    """Per-axis standard error (mas) of the shift tweakreg's absolute fit found: its residual RMS (2D, so
+    / sqrt 2 per axis) over sqrt(matches). It holds the reference catalog's own errors and the centroids':
+    an alignment is no truer than that. A tiled mosaic reports its worst visit (largest RMS, fewest matches)."""
+    fit = (alignment or {}).get("absolute") or {}
+    rmse, n = fit.get("rmse_arcsec"), fit.get("matches")
+    if fit.get("status") != "fitted" or not rmse or not n:
         return None
-    t = vstack(tables)
-    _, first = np.unique(np.round(np.c_[t["RA"], t["DEC"]] * 3.6e6).astype(np.int64), axis=0, return_index=True)
-    sigma = np.asarray(t["sigma_mas"], float)[first]
-    sigma = sigma[np.isfinite(sigma) & (sigma > 0)]
-    return float(1.0 / math.sqrt(np.sum(1.0 / sigma ** 2))) if sigma.size else None
+    return float(rmse) * 1000.0 / math.sqrt(2.0 * float(n))

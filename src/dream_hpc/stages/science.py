@@ -286,13 +286,14 @@ def _stats(values: np.ndarray) -> dict[str, float]:
     return {"n": int(values.size), "median": _median(values), "scatter": robust_scatter(values)}
 
 
-def offset_limit_px(reference_error_mas: float | None, pixel_arcsec: float) -> float:
+def offset_limit_px(fit_error_mas: float | None, pixel_arcsec: float) -> float:
     """The |median offset| a mosaic may show per axis: the pipeline's own allowance (MAX_OFFSET_PX, drizzle and
-    centroids) and, in quadrature, 3 sigma of what absolute alignment inherits from its reference catalog
-    (the error of the mean of the reference positions, `reference_error_mas` per axis). An alignment cannot
-    be truer than its reference: 34 HST-like references of 3-10 mas leave ~1.4 mas (0.05 SW px) per axis."""
-    ref_px = (reference_error_mas or 0.0) / (pixel_arcsec * 1000.0)
-    return math.hypot(MAX_OFFSET_PX, 3.0 * ref_px)
+    centroids) and, in quadrature, 3 sigma of the absolute alignment's own error (`fit_error_mas` per axis,
+    stages/astrometry_truth.absolute_fit_error_mas): an alignment is no truer than its reference catalog.
+    The demo's F150W fit (37 HST-like references of 3-10 mas, RMS 10 mas) leaves 1.2 mas = 0.04 px per axis,
+    so a 3.6 mas (0.12 px) offset is a 3-sigma draw of the references, not a pipeline error."""
+    err_px = (fit_error_mas or 0.0) / (pixel_arcsec * 1000.0)
+    return math.hypot(MAX_OFFSET_PX, 3.0 * err_px)
 
 
 def astrometry_passed(r: dict[str, Any], limit_px: float = MAX_OFFSET_PX) -> bool:
