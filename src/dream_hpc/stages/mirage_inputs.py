@@ -131,8 +131,10 @@ def mirage_params(unit: WorkUnit, ctx: StageContext, refs: dict[str, Path], kit:
         "filtpupilcombo": "config", "filter_wheel_positions": "config", "flux_cal": "config",
         "filter_throughput": "config",
     }
-    cosmic = {"path": str(kit["cosmic_ray_path"]) if sim.cosmic_rays else none,  # None: no cosmic rays
-              "library": sim.cosmic_ray_library, "scale": sim.cosmic_ray_scale,
+    # Mirage's obs_generator checks that the cosmic-ray library path exists even when it is "None" (its
+    # switch for no cosmic rays), so "no cosmic rays" is the real library at rate scale 0: no hits drawn
+    cosmic = {"path": str(kit["cosmic_ray_path"]),
+              "library": sim.cosmic_ray_library, "scale": sim.cosmic_ray_scale if sim.cosmic_rays else 0.0,
               "suffix": refkit.cosmic_ray_suffix(unit.detector), "seed": unit.seeds["cosmic_ray"]}
     s = cfg.survey
     return {
