@@ -5,6 +5,10 @@ bright (predicted S/N > 20), isolated sources (no neighbour within 1" brighter t
 than the source) it reports completeness, astrometric offsets in mosaic pixels and the median
 magnitude residual. A residual that is off means the simulation and the calibration references
 disagree (zeropoints, PSF, aperture corrections): a bug to find, not a tolerance to widen.
+
+`measure` gives the per-source arrays of one image (a mosaic, or one tile of a tiled mosaic:
+stages/tile_science.py), `judge` the numbers and verdicts from them. One concern, the check and
+its figure, which is why it is over 400 lines.
 """
 
 from __future__ import annotations
