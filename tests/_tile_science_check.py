@@ -72,6 +72,29 @@ def main(config: str, run_dir: str, scratch: str, filt: str) -> dict:
             d = np.minimum(d, np.abs(gy - y))
         return d.tolist()
 
+    # memory (Python's allocations, numpy's included): the whole per-tile check against measuring one tile
+    import tracemalloc
+
+    from astropy.table import Table
+
+    read_truth, _ = tile_science.truth_reader(cfg, run.root)
+    entries = {e["tile"]: e for e in index["tiles"]}
+
+    def traced_peak_mb(func: object) -> float:
+        tracemalloc.start()
+        func()
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        return peak / 2**20
+
+    one_tile = {t.tile_id: traced_peak_mb(lambda t=t: science.measure(
+        cfg, filt, read_truth(grid, t), run.root / entries[t.tile_id]["i2d"],
+        Table.read(run.root / entries[t.tile_id]["cat"], format="ascii.ecsv"))) for t in tiles}
+    memory = {"one_tile_mb": one_tile,
+              "per_tile_check_mb": traced_peak_mb(lambda: tiled_science.check(cfg, run, view, filt, extra)),
+              "assembled_check_mb": traced_peak_mb(lambda: science.check_filter(
+                  cfg, filt, run.root / extra["i2d"], run.root / extra["cat"], run.root))}
+
     # what a tile the check cannot read, and one the mosaic did not make, look like
     broken = copy.deepcopy(index)
     gone, unmade = broken["tiles"][0], broken["tiles"][1]
@@ -99,7 +122,7 @@ def main(config: str, run_dir: str, scratch: str, filt: str) -> dict:
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
             "partial": {"tiles": partial["tiles"], "passed": partial["passed"], "gone": gone["tile"],
                         "unmade": unmade["tile"], "n_bright_isolated": partial["n_bright_isolated"]},
-            "unassembled_entry": entry, "unassembled_lines": lines}
+            "memory": memory, "unassembled_entry": entry, "unassembled_lines": lines}
 
 
 if __name__ == "__main__":

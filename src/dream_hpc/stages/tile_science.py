@@ -25,6 +25,7 @@ MATCH_RADIUS_ARCSEC + DUPLICATE_PX of an inner core edge can be matched differen
 from __future__ import annotations
 
 import dataclasses
+import gc
 import math
 import re
 import time
@@ -164,6 +165,9 @@ def check_tiled(cfg: Any, filt: str, run_root: Path, index: dict[str, Any], n_ou
                                 "n_recovered": int((kept["sample"] & kept["matched"]).sum()),
                                 "n_catalog_rows": len(out), "wall_s": round(time.perf_counter() - t0, 2)}
         del m, out, sky
+        # a datamodel's arrays sit in reference cycles: without this, several tiles' images can wait for
+        # the cyclic collector (it counts objects, not bytes) -- measured: 4 small tiles 21.6 -> 48.3 MiB
+        gc.collect()
     if first is None:
         raise ValueError(f"no tile of {filt} could be judged: "
                          + "; ".join(f"{t}: {why}" for t, why in sorted(not_judged.items())))
