@@ -53,6 +53,8 @@ def line(science: dict[str, Any]) -> list[str]:
     out = [f"      judged per tile: {len(t['judged'])}/{t['n_planned']} tiles"
            + ("; NOT judged: " + "; ".join(f"{k} ({v[:80]})" for k, v in sorted(t["not_judged"].items()))
               if t["not_judged"] else "")]
+    if t.get("overlap_warning"):
+        out.append(f"      {t['overlap_warning']}")
     for name, why in (t.get("checks_not_made") or {}).items():
         out.append(f"      {name} not checked: {why}")
     return out

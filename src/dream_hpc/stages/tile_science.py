@@ -186,5 +186,9 @@ def check_tiled(cfg: Any, filt: str, run_root: Path, index: dict[str, Any], n_ou
         "note": (f"each tile judged against its own catalog; within {edge_band_px(grid):.1f} px of an inner core "
                  "edge a source's match may differ from the merged catalog's (its duplicate removal)"),
     }
+    reach = first.radius_px + 3  # science.measure: aperture + 2 px from an image edge, the S/N box's rounding
+    if tiles and grid.overlap_px < reach:  # a tile's edge inside this of its core: those sources go unjudged
+        result["tiles"]["overlap_warning"] = (f"tile overlap {grid.overlap_px} px < {reach:.1f} px: sources that close "
+                                              "to an inner core edge are not judged (raise mosaic.tile_overlap_arcsec)")
     result["passed"]["all_tiles_judged"] = not not_judged
     return result
