@@ -47,3 +47,24 @@ def test_the_modelled_bias_is_what_is_judged() -> None:
     pts["resid_total"] = bias + 0.3  # 0.3 mag more than the model expects: fails
     rep = galaxy_check.galaxy_report(pts, np.ones(n, bool), 4.0, 1.5, 20.0, 0.9, 0.1, "model")
     assert rep["passed"]["photometry"] is False
+
+
+def test_counted_sources_give_the_same_completeness_tables_as_kept_ones() -> None:
+    """A tiled check keeps only judged or matched sources and counts the rest per magnitude bin
+    (stages/tile_science.py): the tables must come out as if every source had been kept."""
+    from dream_hpc.stages import science
+
+    rng = np.random.default_rng(3)
+    mag = np.round(rng.uniform(20.0, 28.0, 4000), 1)  # some exactly on bin edges
+    matched = rng.random(mag.size) < np.clip((27.0 - mag) / 4.0, 0, 1)
+    sample = matched & (mag < 24.0) | (rng.random(mag.size) < 0.02)
+    keep = matched | sample
+    rest = np.floor(mag[~keep] / 0.5).astype(int)
+    counted = {int(k): int(c) for k, c in zip(*np.unique(rest, return_counts=True), strict=True)}
+    assert counted and (~keep).sum() > 1000
+    assert science.completeness_by_mag(mag[keep], matched[keep], sample[keep], counted=counted) == \
+        science.completeness_by_mag(mag, matched, sample)
+    assert galaxy_check.completeness_curve(mag[keep], matched[keep], counted) == \
+        galaxy_check.completeness_curve(mag, matched)
+    rows = science.completeness_by_mag(mag, matched, sample)
+    assert sum(r["n"] for r in rows) == mag.size  # every source in a bin, the brightest and faintest too

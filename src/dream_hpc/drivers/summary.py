@@ -18,16 +18,20 @@ from dream_hpc.core import faults
 from dream_hpc.core.rundir import RunDir, atomic_path
 from dream_hpc.core.runstate import RunView, fmt_duration, read_run
 from dream_hpc.core.workunit import STAGES
-from dream_hpc.drivers import science_truth
+from dream_hpc.drivers import science_truth, tiled_science
 
 # `survey --strict` / `mosaic --strict` exit code when a science check failed (3 is the engine's
 # "stopped on request, resumable", which Slurm scripts requeue on).
 EXIT_SCIENCE_FAILED = 4
 
 
-def science_checks(cfg: SurveyConfig, run: RunDir, view: RunView, filters: set[str] | None = None) -> dict[str, Any]:
+def science_checks(cfg: SurveyConfig, run: RunDir, view: RunView, filters: set[str] | None = None,
+                   per_tile: bool = False) -> dict[str, Any]:
     """Filter -> summary entry of its mosaic: products, tweakreg outcome and the science check
-    (match to the input catalog, with a figure); or {"error": ...} when the mosaic was not made."""
+    (match to the input catalog, with a figure); or {"error": ...} when the mosaic was not made.
+
+    A tiled mosaic without an assembled i2d (a survey-sized grid) is judged tile by tile
+    (drivers/tiled_science.py); `per_tile` judges it so even when the cores were assembled."""
     from dream_hpc.stages import science
 
     entries: dict[str, Any] = {}
@@ -41,14 +45,17 @@ def science_checks(cfg: SurveyConfig, run: RunDir, view: RunView, filters: set[s
             continue
         extra = m.data.get("extra", {})
         entry: dict[str, Any] = {k: extra.get(k) for k in ("product", "n_inputs", "i2d", "segm", "cat", "preview",
-                                                            "tweakreg", "n_refcat_stars", "refcat")}
+                                                            "tweakreg", "n_refcat_stars", "refcat", "tile_index")}
         if extra.get("phase") == "merge":  # a tiled mosaic: aligned by its per-visit astrometry tasks
             entry["tweakreg"] = science_truth.tiled_tweakreg(cfg, view, filt)
         entry.update(wall_s=m.data.get("wall_s"), cpu_s=m.data.get("cpu_s"), peak_rss_mb=m.data.get("peak_rss_mb"),
                      step_times=m.data.get("step_times", {}), log=log)
         t0 = time.monotonic()
         try:
-            check = science.check_filter(cfg, filt, run.root / extra["i2d"], run.root / extra["cat"], run.root)
+            if tiled_science.per_tile(extra, per_tile):
+                check = tiled_science.check(cfg, run, view, filt, extra)
+            else:
+                check = science.check_filter(cfg, filt, run.root / extra["i2d"], run.root / extra["cat"], run.root)
             check.update(science_truth.alignment_check(cfg, run, view, filt, entry["tweakreg"] or {}, check))
             figure = run.figures / f"science_{filt.lower()}.png"
             science.figure([check], figure)
@@ -145,7 +152,7 @@ def mosaic_lines(mosaics: dict[str, Any]) -> list[str]:
         if "error" in m:
             lines.append(f"  {filt}: mosaic NOT MADE: {m['error'][:300]}")
             continue
-        lines.append(f"  {filt}: {m['i2d']} ({m['n_inputs']} exposures, {m.get('wall_s') or 0:.0f} s), "
+        lines.append(f"  {filt}: {m['i2d'] or m.get('tile_index')} ({m['n_inputs']} exposures, {m.get('wall_s') or 0:.0f} s), "
                      f"tweakreg {science_truth.tweakreg_word(m.get('tweakreg') or {})}, preview {m['preview']}")
         sc = m.get("science")
         if not sc:
@@ -159,6 +166,7 @@ def mosaic_lines(mosaics: dict[str, Any]) -> list[str]:
                      f"[{'ok' if passed['astrometry'] else 'OFF'}]; "
                      f"mag residual {_signed(mag['median'])} ({mag['population']}, n={mag['n']}) "
                      f"[{'ok' if passed['photometry'] else 'OFF'}]")
+        lines += tiled_science.line(sc)
         lines += science_truth.alignment_lines(sc)
         if m.get("striping"):
             st = m["striping"]

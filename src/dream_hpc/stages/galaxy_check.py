@@ -25,21 +25,24 @@ BIN_MAG = 0.5
 MIN_PER_BIN = 3
 
 
-def completeness_curve(mag: np.ndarray, found: np.ndarray) -> dict[str, Any]:
-    """Binned completeness and the magnitudes of 90% and 50% completeness (None when not reached)."""
+def completeness_curve(mag: np.ndarray, found: np.ndarray, counted: dict[int, int] | None = None) -> dict[str, Any]:
+    """Binned completeness and the magnitudes of 90% and 50% completeness (None when not reached).
+    Bins are [k BIN_MAG, (k + 1) BIN_MAG); `counted`: bin k -> further sources in it, none found."""
     mag, found = np.asarray(mag, float), np.asarray(found, bool)
     ok = np.isfinite(mag)
     mag, found = mag[ok], found[ok]
-    if mag.size == 0:
+    which = np.floor(mag / BIN_MAG).astype(np.int64)
+    n = dict(zip(*np.unique(which, return_counts=True), strict=True))
+    for k, c in (counted or {}).items():
+        n[k] = n.get(k, 0) + c
+    if not n:
         return {"bins": [], "mag90": None, "mag50": None}
-    edges = np.arange(np.floor(mag.min() / BIN_MAG) * BIN_MAG, mag.max() + BIN_MAG, BIN_MAG)
     centres, frac, counts = [], [], []
-    for lo in edges:
-        sel = (mag >= lo) & (mag < lo + BIN_MAG)
-        if sel.sum() >= MIN_PER_BIN:
-            centres.append(lo + BIN_MAG / 2)
-            frac.append(float(found[sel].mean()))
-            counts.append(int(sel.sum()))
+    for k in range(min(n), max(n) + 1):
+        if n.get(k, 0) >= MIN_PER_BIN:
+            centres.append(k * BIN_MAG + BIN_MAG / 2)
+            frac.append(float(found[which == k].sum() / n[k]))
+            counts.append(int(n[k]))
 
     def crossing(level: float) -> float | None:
         for k in range(len(frac)):
@@ -93,13 +96,15 @@ def model_galaxies(cfg: Any, filt: str, cat_meta: dict[str, Any], src: Any, mag:
 
 def galaxy_report(points: dict[str, np.ndarray], iso: np.ndarray, radius_px: float, psf_half_px: float,
                   snr_min: float, min_completeness: float, max_mag_residual: float,
-                  bias_model: str | None = None) -> dict[str, Any]:
+                  bias_model: str | None = None, counted: tuple[int, dict[int, int]] = (0, {})) -> dict[str, Any]:
     """The galaxies' section of the science check (see the module docstring). `points["bias"]`, when
-    there, is the modelled aper_total bias per source (else the Gaussian approximation here)."""
+    there, is the modelled aper_total bias per source (else the Gaussian approximation here).
+    `counted`: (number, bin -> number) of further isolated galaxies with a predicted S/N, none judged
+    nor found, that a tiled check counted instead of keeping in `points`."""
     gal = ~np.asarray(points["is_star"], bool)
     covered = np.isfinite(points["snr"])
     iso_gal = gal & iso & covered
-    curve = completeness_curve(points["mag_in"][iso_gal], points["matched"][iso_gal])
+    curve = completeness_curve(points["mag_in"][iso_gal], points["matched"][iso_gal], counted[1])
     judged = iso_gal & (points["snr"] > snr_min)
     found = judged & points["matched"]
     resid = points["resid_total"]
@@ -118,7 +123,7 @@ def galaxy_report(points: dict[str, np.ndarray], iso: np.ndarray, radius_px: flo
     med_after = float(np.median(after)) if after.size else float("nan")
     enough = n >= MIN_GALAXIES
     return {
-        "n_isolated_on_mosaic": int(iso_gal.sum()), "n_judged": n, "n_recovered": int(found.sum()),
+        "n_isolated_on_mosaic": int(iso_gal.sum()) + int(counted[0]), "n_judged": n, "n_recovered": int(found.sum()),
         "completeness_snr_gt_min": completeness, "completeness_curve": curve,
         "aper_total_residual": {"n": int(phot.sum()),
                                 "median_raw": float(np.median(resid[phot])) if phot.any() else float("nan"),

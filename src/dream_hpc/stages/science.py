@@ -5,11 +5,16 @@ bright (predicted S/N > 20), isolated sources (no neighbour within 1" brighter t
 than the source) it reports completeness, astrometric offsets in mosaic pixels and the median
 magnitude residual. A residual that is off means the simulation and the calibration references
 disagree (zeropoints, PSF, aperture corrections): a bug to find, not a tolerance to widen.
+
+`measure` gives the per-source arrays of one image (a mosaic, or one tile of a tiled mosaic:
+stages/tile_science.py), `judge` the numbers and verdicts from them. One concern, the check and
+its figure, which is why it is over 400 lines.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -106,18 +111,54 @@ def _apertures(cat_meta: dict[str, Any], pixel_arcsec: float) -> tuple[float, fl
 def check_filter(cfg: Any, filter_: str, i2d: Path, cat: Path, run_root: Path | None = None) -> dict[str, Any]:
     """Match the Image3 catalog of one filter to the input catalog; numbers for summary.json."""
     from astropy.table import Table
-    from stdatamodels.jwst import datamodels
 
     filt = filter_.upper()
     sky = input_catalog(cfg, run_root)
     if filt not in sky.mags:
         raise ValueError(f"input catalog has no {filt} magnitudes (check catalog.columns.mag)")
     out = Table.read(cat, format="ascii.ecsv")
+    return judge(measure(cfg, filt, sky, i2d, out), len(out), i2d)
+
+
+@dataclass
+class Measured:
+    """Per input source on one image (a mosaic or a tile): the science check's arrays (`points`), and
+    the image's aperture and pixel facts. `judge` turns one (or several tiles' concatenated) into the
+    check; sources judged on their own only need their points, so tiles can be measured one at a time."""
+
+    filter: str
+    points: dict[str, np.ndarray]
+    radius_px: float
+    ee: float
+    psf_half: float
+    pixel_arcsec: float
+    galaxy_model: str | None  # the aperture model's description (None: the Gaussian approximation)
+    n_output: int
+    not_listed: Counted | None = None  # sources dropped from `points` but counted (stages/tile_science.py)
+
+
+@dataclass
+class Counted:
+    """Input sources left out of `points` because they can change no verdict (neither judged nor matched),
+    kept as counts on the completeness tables' magnitude bins: bin index = floor(mag / width)."""
+
+    n: int = 0
+    by_bin: dict[int, int] = field(default_factory=dict)  # all of them (completeness_by_mag "n")
+    n_isolated_galaxies: int = 0  # isolated galaxies with a predicted S/N among them
+    galaxies_by_bin: dict[int, int] = field(default_factory=dict)  # those, on galaxy_check's bins
+
+
+def measure(cfg: Any, filt: str, sky: Any, i2d: Path, out: Any) -> Measured:
+    """The per-source arrays of the check for the input sources `sky` on image `i2d` with its catalog
+    `out` (an astropy Table). Isolation is judged against every source of `sky`, so `sky` must reach
+    ISOLATION_RADIUS_ARCSEC beyond the sources that will be judged."""
+    from stdatamodels.jwst import datamodels
+
     with datamodels.open(i2d) as model:
         wcs = model.meta.wcs
         shape = model.data.shape
         err = np.array(model.err, dtype=float)
-        wht = np.array(model.wht, dtype=float)
+        has_data = np.asarray(model.wht) > 0  # a mask, not a float64 copy: a tile can be 65 Mpix
         pixar_sr = float(model.meta.photometry.pixelarea_steradians)
         pixel_arcsec = math.degrees(math.sqrt(pixar_sr)) * 3600.0
         pixel_ratio = float(getattr(model.meta.resample, "pixel_scale_ratio", None) or 1.0)
@@ -131,7 +172,7 @@ def check_filter(cfg: Any, filter_: str, i2d: Path, cat: Path, run_root: Path | 
     x_in, y_in = (np.asarray(v) for v in wcs.world_to_pixel_values(ra_all[idx], dec_all[idx]))
     # only where the mosaic has data (weight > 0 at the source position)
     xi, yi = np.rint(x_in).astype(int), np.rint(y_in).astype(int)
-    covered = wht[yi, xi] > 0
+    covered = has_data[yi, xi]
     idx, x_in, y_in = idx[covered], x_in[covered], y_in[covered]
 
     # tangent point: the mosaic centre (a median of RAs would break across RA = 0)
@@ -144,7 +185,7 @@ def check_filter(cfg: Any, filter_: str, i2d: Path, cat: Path, run_root: Path | 
                        np.asarray(sky.radius, float)[idx] * np.sqrt(np.asarray(sky.axis_ratio, float)[idx])) / pixel_arcsec
     fraction = aperture_fraction(radius_px, psf_half, size_px, ee)
     # galaxies: what the aperture measures of each rendered profile; judged apart (stages/galaxy_check.py)
-    from dream_hpc.stages.galaxy_check import galaxy_report, model_galaxies
+    from dream_hpc.stages.galaxy_check import model_galaxies
 
     gal_model = model_galaxies(cfg, filt, dict(out.meta), sky.take(idx), mags_all[idx], (x_in, y_in, err),
                                (pixar_sr, pixel_arcsec, pixel_ratio), radius_px, ee, SNR_MIN)
@@ -179,33 +220,48 @@ def check_filter(cfg: Any, filter_: str, i2d: Path, cat: Path, run_root: Path | 
             snr_measured[matched] = _column(out, f"{ap}_flux")[jm] / _column(out, f"{ap}_flux_err")[jm]
 
     is_star = np.asarray(sky.is_star, bool)[idx]
+    points = {"mag_in": mags_all[idx], "snr": snr, "sample": sample, "matched": matched, "iso": iso,
+              "is_star": is_star, "resid_total": mag_total - mags_all[idx], "dx": dx, "dy": dy,
+              "row": np.asarray(sky.row)[idx], "ra": ra_all[idx], "dec": dec_all[idx],
+              "mag_total": mag_total, "mag_iso": mag_iso, "size_px": size_px, "snr_measured": snr_measured,
+              "x": x_in, "y": y_in,
+              **({} if gal_model is None else {"bias": gal_model.bias, "bias_ideal": gal_model.bias_ideal_profile})}
+    return Measured(filt, points, radius_px, ee, psf_half, pixel_arcsec,
+                    None if gal_model is None else gal_model.model, n_out)
+
+
+def judge(m: Measured, n_output: int, i2d: Path | None) -> dict[str, Any]:
+    """The check's numbers and verdicts from measured sources (one image's, or tiles' concatenated)."""
+    p, counted = m.points, m.not_listed or Counted()
+    mag_in, snr, sample, matched, is_star = p["mag_in"], p["snr"], p["sample"], p["matched"], p["is_star"]
     rec = sample & matched
     rec_stars = rec & is_star
-    snr_ratio = snr_measured / snr
-    resid_total = mag_total - mags_all[idx]
-    resid_iso = mag_iso - mags_all[idx]
+    snr_ratio = p["snr_measured"] / snr
+    resid_total = p["resid_total"]
+    resid_iso = p["mag_iso"] - mag_in
     stars = rec & is_star & np.isfinite(resid_total)
     if stars.sum() >= MIN_STARS_FOR_HEADLINE:
         head_sel, population = stars, "stars"
     else:
         head_sel, population = rec & np.isfinite(resid_total), "all"
     completeness = float(rec.sum() / sample.sum()) if sample.sum() else float("nan")
+    dx, dy = p["dx"], p["dy"]
     result = {
-        "filter": filt,
-        "n_output_sources": int(n_out),
-        "n_input_on_mosaic": int(len(idx)),
+        "filter": m.filter,
+        "n_output_sources": int(n_output),
+        "n_input_on_mosaic": int(len(mag_in) + counted.n),
         "n_bright_isolated": int(sample.sum()),
         "n_recovered": int(rec.sum()),
         "completeness": completeness,
         "snr_min": SNR_MIN,
         "snr_basis": (f"predicted from the input AB magnitude and size and the mosaic ERR array, in the catalog's "
-                      f"{radius_px:.2f}-pixel aperture (holding {ee:.0%} of a point source's light; galaxies: "
-                      + ("their rendered profiles, local sky subtracted)" if gal_model else "a Gaussian model)")),
+                      f"{m.radius_px:.2f}-pixel aperture (holding {m.ee:.0%} of a point source's light; galaxies: "
+                      + ("their rendered profiles, local sky subtracted)" if m.galaxy_model else "a Gaussian model)")),
         "snr_measured_over_predicted_stars": _median(snr_ratio[rec_stars]),
         "match_radius_arcsec": MATCH_RADIUS_ARCSEC,
-        "missed": _missed(sample & ~matched, mags_all[idx], snr, is_star, size_px * pixel_arcsec),
+        "missed": _missed(sample & ~matched, mag_in, snr, is_star, p["size_px"] * m.pixel_arcsec),
         "isolation": f"no neighbour within {ISOLATION_RADIUS_ARCSEC}\" brighter than own mag + {ISOLATION_DMAG}",
-        "pixel_arcsec": pixel_arcsec,
+        "pixel_arcsec": m.pixel_arcsec,
         "offset_px": {
             "median_dx": _median(dx[rec]), "median_dy": _median(dy[rec]),
             "scatter_dx": robust_scatter(dx[rec]), "scatter_dy": robust_scatter(dy[rec]),
@@ -219,42 +275,43 @@ def check_filter(cfg: Any, filter_: str, i2d: Path, cat: Path, run_root: Path | 
             "galaxies_isophotal": _stats(resid_iso[rec & ~is_star]),
         },
     }
-    result["completeness_by_mag"] = completeness_by_mag(mags_all[idx], matched, sample)
+    result["completeness_by_mag"] = completeness_by_mag(mag_in, matched, sample, counted=counted.by_bin)
     result["passed"] = passed(result)
-    result["_i2d"] = Path(i2d)  # for the checks that read the products again (not in summary.json)
-    # per-source arrays for the figure (not written to summary.json)
-    result["_points"] = {"mag_in": mags_all[idx], "snr": snr, "sample": sample, "matched": matched,
-                         "is_star": is_star, "resid_total": resid_total, "dx": dx, "dy": dy,
-                         "row": np.asarray(sky.row)[idx], "ra": ra_all[idx], "dec": dec_all[idx],
-                         "mag_total": mag_total, "mag_iso": mag_iso, "size_px": size_px,
-                         **({} if gal_model is None else {"bias": gal_model.bias, "bias_ideal": gal_model.bias_ideal_profile})}
-    result["galaxies"] = galaxy_report(result["_points"], iso, radius_px, psf_half, SNR_MIN, MIN_COMPLETENESS,
-                                       MAX_MAG_RESIDUAL, gal_model.model if gal_model is not None else None)
+    result["_i2d"] = Path(i2d) if i2d else None  # for the checks that read the products again (not in summary.json)
+    result["_points"] = p  # per-source arrays for the figure and the matched catalog (not written to summary.json)
+    from dream_hpc.stages.galaxy_check import galaxy_report
+
+    result["galaxies"] = galaxy_report(p, p["iso"], m.radius_px, m.psf_half, SNR_MIN, MIN_COMPLETENESS,
+                                       MAX_MAG_RESIDUAL, m.galaxy_model,
+                                       counted=(counted.n_isolated_galaxies, counted.galaxies_by_bin))
     for key, ok in result["galaxies"]["passed"].items():
         if ok is not None:
             result["passed"][f"galaxy_{key}"] = ok
     return result
 
 
-def completeness_by_mag(mag: np.ndarray, matched: np.ndarray, sample: np.ndarray,
-                        width: float = 0.5) -> list[dict[str, Any]]:
+def completeness_by_mag(mag: np.ndarray, matched: np.ndarray, sample: np.ndarray, width: float = 0.5,
+                        counted: dict[int, int] | None = None) -> list[dict[str, Any]]:
     """Recovered fraction of the input sources on the mosaic per `width`-mag bin of input magnitude
-    (all of them, and the bright isolated sample the headline completeness uses): the depth curve."""
+    (all of them, and the bright isolated sample the headline completeness uses): the depth curve.
+    Bins are [k width, (k + 1) width); `counted`: bin k -> further sources in it, neither matched nor
+    in the sample (sources a tiled check counted instead of keeping)."""
     mag = np.asarray(mag, float)
     ok = np.isfinite(mag)
-    if not ok.any():
+    which = np.floor(mag[ok] / width).astype(np.int64)
+    n = dict(zip(*np.unique(which, return_counts=True), strict=True))
+    for k, c in (counted or {}).items():
+        n[k] = n.get(k, 0) + c
+    if not n:
         return []
-    lo = math.floor(float(mag[ok].min()) / width) * width
-    edges = np.arange(lo, float(mag[ok].max()) + width, width)
-    which = np.digitize(mag, edges) - 1
     rows = []
-    for b in range(len(edges) - 1):
-        inside = ok & (which == b)
-        if inside.any():
-            rows.append({"mag_lo": round(float(edges[b]), 3), "mag_hi": round(float(edges[b + 1]), 3),
-                         "n": int(inside.sum()), "n_matched": int((inside & matched).sum()),
-                         "n_sample": int((inside & sample).sum()),
-                         "n_sample_matched": int((inside & sample & matched).sum())})
+    for k in sorted(n):
+        inside = np.zeros(mag.size, bool)
+        inside[ok] = which == k
+        rows.append({"mag_lo": round(float(k * width), 3), "mag_hi": round(float((k + 1) * width), 3),
+                     "n": int(n[k]), "n_matched": int((inside & matched).sum()),
+                     "n_sample": int((inside & sample).sum()),
+                     "n_sample_matched": int((inside & sample & matched).sum())})
     return rows
 
 

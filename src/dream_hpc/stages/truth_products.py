@@ -76,6 +76,9 @@ def write_matched_catalog(run: Any, filt: str, check: dict[str, Any]) -> Path:
     table["ra"].format = table["dec"].format = ".9f"
     table.meta["comments"] = [f"dream-hpc: {filt} input (truth) sources on the mosaic matched to its catalog "
                               f"within {check.get('match_radius_arcsec')} arcsec; offsets = output - truth"]
+    if check.get("tiles"):  # judged per tile (stages/tile_science.py): the others were counted, not kept
+        table.meta["comments"].append(f"judged per tile: only sources judged or matched are listed; "
+                                      f"{check['tiles']['sources_counted_not_kept']} more on the mosaic were counted")
     path = truth_dir(run) / f"{filt.lower()}_matched.ecsv"
     with atomic_path(path) as tmp, open(tmp, "w") as f:
         table.write(f, format="ascii.ecsv")
