@@ -35,6 +35,9 @@ def test_injected_level_comes_back_and_a_calibration_error_does_not(tmp_path: Pa
     off = sky_truth.check([(_cal(tmp_path / f"b{i}_cal.fits", 0.23 * 1.05, i), truth) for i in range(3)])
     assert off is not None and not off["passed"] and off["median_ratio"] == pytest.approx(1.05, abs=0.005)
     assert sky_truth.check([(tmp_path / "missing_cal.fits", truth)]) is None
+    picked = sky_truth.sample(list(range(4864)))
+    assert len(picked) == sky_truth.MAX_EXPOSURES and picked[0] == 0 and picked[-1] == 4863
+    assert len(set(picked)) == len(picked) and sky_truth.sample([1, 2]) == [1, 2]
 
 
 def test_offset_limit_allows_for_the_absolute_fits_own_error() -> None:

@@ -25,6 +25,16 @@ from dream_hpc.refkit.photometry import PHOTOM_UNCERTAINTY
 TOLERANCE = 3 * PHOTOM_UNCERTAINTY  # |measured / injected - 1| of the filter's median exposure
 
 
+MAX_EXPOSURES = 24  # judged per filter: the verdict is on a median; a survey's 4,864 frames would take ~1.5 h
+
+
+def sample(items: Sequence[Any], n: int = MAX_EXPOSURES) -> list[Any]:
+    """At most `n` of `items`, evenly spread over them (first and last included): deterministic."""
+    if len(items) <= n:
+        return list(items)
+    return [items[round(i * (len(items) - 1) / (n - 1))] for i in range(n)]
+
+
 def measured_sky(cal: Path) -> float:
     """Source-masked median of a `_cal` frame's usable pixels (MJy/sr)."""
     from stdatamodels.jwst import datamodels
