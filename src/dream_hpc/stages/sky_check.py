@@ -3,7 +3,8 @@
 Image3's skymatch (default `match`, `subtract=False`) records a level per exposure that resample
 removes when drizzling. skymatch fits those levels to the differences it sees where exposures
 overlap, so that is where they are judged: for each pair of overlapping exposures (their `_crf`, as
-drizzled), the source-masked median of (a - level_a) - (b - level_b) over the sky both cover, in units
+drizzled), the source-masked median of (a - level_a) - (b - level_b) over the sky both cover (a third
+of a's pixels, on a lattice holding every column and row parity: sample_pixels), in units
 of that median's error (1.2533 sigma / sqrt(n) of the difference; or, where 1/f stripes correlate
 rows, the row medians' scatter / sqrt(rows); or, where the background has large-scale structure, the
 scatter of the overlap's 8 x 8 block medians / 8). Comparing each exposure's whole-area median instead
@@ -61,15 +62,29 @@ def exposure_levels(crf_paths: Sequence[Path]) -> list[dict[str, Any]]:
 
 
 BLOCKS = 8  # blocks per axis of an overlap for the background-structure term of a pair's error
-SAMPLE_STEP = 2  # every 2nd pixel per axis of the first exposure of a pair: IPC-correlated neighbours left out
+LATTICE = 3  # pair pixels: the first exposure's pixels with (x - y) divisible by 3 (see sample_pixels)
 MIN_OVERLAP = 200  # usable sampled pixels for a pair to be judged
+BOX_PAD = 0.02  # the second exposure's corner box on the sky, widened by 2% per side (edges bulge)
 
 
-def _footprint_box(model: Any) -> tuple[float, float, float, float]:
-    """(ra min, ra max, dec min, dec max) of the exposure's corners, degrees (a quick overlap test)."""
-    ny, nx = model.data.shape
-    ra, dec = model.meta.wcs([0, nx - 1, nx - 1, 0], [0, 0, ny - 1, ny - 1])
-    return float(np.min(ra)), float(np.max(ra)), float(np.min(dec)), float(np.max(dec))
+def sample_pixels(shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """(y, x) of the pixels a pair is judged on: every pixel with (x - y) % 3 == 0.
+
+    Why this lattice: a third of the pixels and no two sharing an edge (IPC couples edge neighbours
+    most), like the every-2nd-pixel-per-axis grid it replaces, but it holds every column parity, row
+    parity and their combination in equal numbers. The grid held one column and one row parity of the
+    first exposure and, through the pair's shift, one fixed parity of the second, so any pattern of
+    period 2 entered the median as a level: refpix's odd/even column correction (a subarray's 4
+    reference rows per parity give each exposure its own odd-even column offset; SUB400P in the 1/f kit:
+    up to -0.009 DN/s = -0.022 MJy/sr, shared by the exposures that drew one dark) put two dithers
+    whose x shift is odd 0.022 MJy/sr = 6.3 sigma apart while skymatch, which uses every pixel, had
+    matched them to 0.001. With both parities of both exposures in equal numbers an offset +-d/2
+    splits the differences into two equal halves at +-(d_a +- d_b)/2 about the true level: the median
+    stays on it (the spread grows by a negligible (d/2)^2 against the pixel variance)."""
+    ny, nx = shape
+    y, x = (v.ravel() for v in np.mgrid[0:ny, 0:nx])
+    keep = (x - y) % LATTICE == 0
+    return y[keep], x[keep]
 
 
 def _median_error(diff: np.ndarray, x: np.ndarray, y: np.ndarray, blocks: int = BLOCKS) -> float:
@@ -98,11 +113,53 @@ def _median_error(diff: np.ndarray, x: np.ndarray, y: np.ndarray, blocks: int = 
     return max(white, striped, structure)
 
 
+def exposure_for_pairs(name: str, data: np.ndarray, usable: np.ndarray, wcs: Any) -> dict[str, Any]:
+    """What pair_difference needs of one exposure (its data already minus its skymatch level): the
+    source-masked sky, and the sky position of its sampled sky pixels (computed once, not per pair)."""
+    from dream_hpc.stages.striping import source_mask
+
+    clean = usable & ~source_mask(data, ~usable)
+    y, x = sample_pixels(data.shape)
+    keep = clean[y, x]
+    y, x = y[keep], x[keep]
+    ra, dec = wcs(x, y)
+    ny, nx = data.shape
+    cra, cdec = wcs(np.array([0, nx - 1, nx - 1, 0]), np.array([0, 0, ny - 1, ny - 1]))
+    box = (float(np.min(cra)), float(np.max(cra)), float(np.min(cdec)), float(np.max(cdec)))
+    return {"name": name, "wcs": wcs, "data": data, "clean": clean, "box": box,
+            "x": x, "y": y, "ra": np.asarray(ra), "dec": np.asarray(dec)}
+
+
+def pair_difference(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any] | None:
+    """The median of a - b over their common source-masked sky (a's sampled pixels, b's nearest pixel),
+    and its error; None when they share fewer than MIN_OVERLAP such pixels."""
+    (ra0, ra1, de0, de1), (rb0, rb1, db0, db1) = a["box"], b["box"]
+    if ra1 < rb0 or rb1 < ra0 or de1 < db0 or db1 < de0:
+        return None
+    pr, pd = BOX_PAD * (rb1 - rb0), BOX_PAD * (db1 - db0)
+    near = (a["ra"] >= rb0 - pr) & (a["ra"] <= rb1 + pr) & (a["dec"] >= db0 - pd) & (a["dec"] <= db1 + pd)
+    x, y = a["x"][near], a["y"][near]
+    if x.size < MIN_OVERLAP:
+        return None
+    xb, yb = b["wcs"].invert(a["ra"][near], a["dec"][near])
+    xb, yb = np.asarray(xb, float), np.asarray(yb, float)
+    ok = np.isfinite(xb) & np.isfinite(yb)
+    xi, yi = np.round(np.where(ok, xb, -1)).astype(int), np.round(np.where(ok, yb, -1)).astype(int)
+    nyb, nxb = b["data"].shape
+    ok &= (xi >= 0) & (xi < nxb) & (yi >= 0) & (yi < nyb)
+    ok[ok] &= b["clean"][yi[ok], xi[ok]]
+    if np.count_nonzero(ok) < MIN_OVERLAP:
+        return None
+    diff = a["data"][y[ok], x[ok]] - b["data"][yi[ok], xi[ok]]
+    err = _median_error(diff, x[ok], y[ok])
+    med = float(np.median(diff))
+    return {"a": a["name"], "b": b["name"], "n": int(np.count_nonzero(ok)), "difference": med,
+            "error": err, "sigma": med / err if err > 0 else float("nan")}
+
+
 def pair_differences(crf_paths: Sequence[Path]) -> list[dict[str, Any]]:
     """Per overlapping pair: the median level difference after skymatch over their common sky, and its error."""
     from stdatamodels.jwst import datamodels
-
-    from dream_hpc.stages.striping import source_mask
 
     exposures = []
     for path in crf_paths:
@@ -111,33 +168,10 @@ def pair_differences(crf_paths: Sequence[Path]) -> list[dict[str, Any]]:
         usable = np.isfinite(data) & ((np.asarray(model.dq) & 1) == 0)
         level = model.meta.background.level
         level = 0.0 if model.meta.background.subtracted or level is None else float(level)
-        exposures.append({"name": path.name, "wcs": model.meta.wcs, "data": data - level,
-                          "clean": usable & ~source_mask(data, ~usable), "box": _footprint_box(model)})
+        exposures.append(exposure_for_pairs(path.name, data - level, usable, model.meta.wcs))
         model.close()
-    out = []
-    for a, b in itertools.combinations(exposures, 2):
-        (ra0, ra1, de0, de1), (rb0, rb1, db0, db1) = a["box"], b["box"]
-        if ra1 < rb0 or rb1 < ra0 or de1 < db0 or db1 < de0:
-            continue
-        ny, nx = a["data"].shape
-        y, x = (v.ravel() for v in np.mgrid[0:ny:SAMPLE_STEP, 0:nx:SAMPLE_STEP])
-        keep = a["clean"][y, x]
-        x, y = x[keep], y[keep]
-        ra, dec = a["wcs"](x, y)
-        xb, yb = b["wcs"].invert(ra, dec)
-        ok = np.isfinite(xb) & np.isfinite(yb)
-        xi, yi = np.round(np.where(ok, xb, -1)).astype(int), np.round(np.where(ok, yb, -1)).astype(int)
-        nyb, nxb = b["data"].shape
-        ok &= (xi >= 0) & (xi < nxb) & (yi >= 0) & (yi < nyb)
-        ok[ok] &= b["clean"][yi[ok], xi[ok]]
-        if np.count_nonzero(ok) < MIN_OVERLAP:
-            continue
-        diff = a["data"][y[ok], x[ok]] - b["data"][yi[ok], xi[ok]]
-        err = _median_error(diff, x[ok], y[ok])
-        med = float(np.median(diff))
-        out.append({"a": a["name"], "b": b["name"], "n": int(np.count_nonzero(ok)), "difference": med,
-                    "error": err, "sigma": med / err if err > 0 else float("nan")})
-    return out
+    pairs = (pair_difference(a, b) for a, b in itertools.combinations(exposures, 2))
+    return [p for p in pairs if p is not None]
 
 
 def check(crf_paths: Sequence[Path], i2d: Path) -> dict[str, Any]:
@@ -162,4 +196,4 @@ def check(crf_paths: Sequence[Path], i2d: Path) -> dict[str, Any]:
             "mosaic_background_median": med, "mosaic_pixel_sigma": pix_sigma,
             "mosaic_background_in_pixel_sigma": med / pix_sigma if pix_sigma else None,
             "method": "per overlapping pair, median of (a - level_a) - (b - level_b) over their common source-masked "
-                      f"sky (every {SAMPLE_STEP}nd pixel of a), in units of that median's error"}
+                      "sky (a's pixels with (x - y) % 3 == 0: every column and row parity), in units of that median's error"}
