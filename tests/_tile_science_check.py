@@ -32,18 +32,14 @@ def arrays(check: dict) -> dict:
 
 
 def main(config: str, run_dir: str, scratch: str, filt: str) -> dict:
-    from dream_hpc.config import load_config
-    from dream_hpc.core import offline
+    from _tiles_check import offline_run
+
     from dream_hpc.core.rundir import RunDir
     from dream_hpc.core.runstate import read_run
     from dream_hpc.drivers import tiled_science
     from dream_hpc.stages import science, tile_science
 
-    cfg = load_config(config)
-    refs = cfg.references
-    offline.configure(cfg.resolve(refs.crds_path), refs.context, cfg.resolve(refs.mirage_data))
-    offline.forbid_network()
-    run = RunDir(Path(run_dir).resolve())
+    cfg, run = offline_run(config, run_dir)
     view = read_run(run)
     extra = view.mosaics[filt].data["extra"]
     assert extra["i2d"], "this comparison needs the assembled mosaic"

@@ -17,13 +17,24 @@ from pathlib import Path
 import numpy as np
 
 
+def offline_run(config: str, run_dir: str):  # -> (SurveyConfig, RunDir)
+    """The run's config and directory with jwst/CRDS pointed at its offline kit and the network forbidden."""
+    from dream_hpc.config import load_config
+    from dream_hpc.core import offline
+    from dream_hpc.core.rundir import RunDir
+
+    cfg = load_config(config)
+    refs = cfg.references
+    offline.configure(cfg.resolve(refs.crds_path), refs.context, cfg.resolve(refs.mirage_data))
+    offline.forbid_network()
+    return cfg, RunDir(Path(run_dir).resolve())
+
+
 def main(config: str, run_dir: str, scratch: str, filt: str) -> dict:
     from astropy.table import Table
     from stdatamodels.jwst import datamodels
 
     from dream_hpc.catalog import reader
-    from dream_hpc.config import load_config
-    from dream_hpc.core import offline
     from dream_hpc.core.rundir import RunDir
     from dream_hpc.plan import grid as G
     from dream_hpc.plan.footprint import chord, unit_vectors
@@ -31,11 +42,7 @@ def main(config: str, run_dir: str, scratch: str, filt: str) -> dict:
     from dream_hpc.stages import tiles as T
     from dream_hpc.stages.contract import StageContext
 
-    cfg = load_config(config)
-    refs = cfg.references
-    offline.configure(cfg.resolve(refs.crds_path), refs.context, cfg.resolve(refs.mirage_data))
-    offline.forbid_network()
-    run = RunDir(Path(run_dir).resolve())
+    cfg, run = offline_run(config, run_dir)
     units = load_plan(run.plan)
     mine = sorted((u for u in units if u.filter == filt), key=lambda u: u.unit_id)
     grid = G.filter_tiles(cfg, units)[filt]
