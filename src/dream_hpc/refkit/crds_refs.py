@@ -238,6 +238,14 @@ def write_detector_refs(w: Writer, model: DetectorModel, geometry, zeropoints: d
         w.save(flat, "flat", (d, filt, "CLEAR"), detector=det.name, filter=filt)
 
 
+def flight_dark_data(model: DetectorModel, nframes: int) -> np.ndarray:
+    """(nframes, ny, nx) float32: the expected dark signal in RAPID frames 1..nframes."""
+    data = np.empty((nframes, *model.dark_rate.shape), np.float32)
+    for k in range(nframes):
+        data[k] = model.mean_dark_frame(k)
+    return data
+
+
 def write_flight_dark(w: Writer, model: DetectorModel, nframes: int, readpatts: list[str], tag: str) -> RefFile:
     """The FULL dark in the flight format: RAPID frames 1..N (NFRAMES=1, GROUPGAP=0), SCI and ERR.
 
@@ -250,11 +258,9 @@ def write_flight_dark(w: Writer, model: DetectorModel, nframes: int, readpatts: 
     from stdatamodels.jwst import datamodels as dm
 
     det = model.det
-    data = np.empty((nframes, FULL, FULL), np.float32)
-    for k in range(nframes):
-        data[k] = model.mean_dark_frame(k)
+    data = flight_dark_data(model, nframes)
     dark = dm.DarkModel(data=data, err=np.zeros_like(data))
-    _meta(dark, "dark", det, f"dark DN per RAPID frame, flight format x{nframes}, FULL ({tag})")
+    _meta(dark, "dark", det, f"dark DN per frame, RAPID x{nframes}, FULL ({tag})")
     e = dark.meta.exposure
     e.readpatt, e.nframes, e.groupgap, e.ngroups, e.nints = "RAPID", 1, 0, nframes, 1
     ref = w.save(dark, "dark", (det.dms, readpatts[0], "FULL"), detector=det.name, readpatt="RAPID (flight)",
