@@ -60,6 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--work-root", default=None, help="where the temporary work directory goes (default: TMPDIR)")
     ap.add_argument("--keep", action="store_true", help="keep the work directory (kit, exposures, products)")
     ap.add_argument("--results", default=None, help="copy the raw figures (JSON) here")
+    ap.add_argument("--deep-copy", action="store_true", help="also measure hot with a deep copy per step")
     args = ap.parse_args(argv)
 
     from dream_hpc.refkit import build
@@ -85,7 +86,8 @@ def main(argv: list[str] | None = None) -> int:
                             u.unit_id], check=True, stdout=subprocess.DEVNULL)
         print(f"{args.units} FULL BRIGHT2 x 4 exposures simulated in {time.perf_counter() - t0:.0f} s", flush=True)
         rc = _load("bench_hot_references").main([str(run), "--units", str(args.units), "--work", str(work / "hot"),
-                                                  "--stages", "detector1", "--cache-gb", str(args.cache_gb)])
+                                                  "--stages", "detector1", "--cache-gb", str(args.cache_gb)]
+                                                 + (["--deep-copy"] if args.deep_copy else []))
         if args.results:
             shutil.copy(work / "hot" / "hot_results.json", args.results)
         return rc

@@ -49,6 +49,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--work", default="/tmp/dream-hpc-hot-references")
     ap.add_argument("--stages", nargs="+", choices=("detector1", "image2"), default=["detector1", "image2"])
     ap.add_argument("--cache-gb", type=float, default=8.0, help="engine.reference_cache_gb of the hot runs")
+    ap.add_argument("--deep-copy", action="store_true",
+                    help="also run each unit hot with a deep copy of every reference per step (what the cache did "
+                         "before its copy-on-write copies), to compare the two")
     args = ap.parse_args(argv)
 
     from dream_hpc.config import load_config
@@ -69,6 +72,8 @@ def main(argv: list[str] | None = None) -> int:
     units = sorted(make_plan(cfg), key=lambda u: (u.detector, u.unit_id))[: args.units]
     modes = {"cold": dataclasses.replace(cfg, engine=dataclasses.replace(cfg.engine, reference_cache_gb=0.0)),
              "hot": dataclasses.replace(cfg, engine=dataclasses.replace(cfg.engine, reference_cache_gb=args.cache_gb))}
+    if args.deep_copy:
+        modes["hot_deepcopy"] = modes["hot"]
     work = Path(args.work)
     shutil.rmtree(work, ignore_errors=True)
     runs = {m: RunDir.create(work / m) for m in modes}
@@ -81,9 +86,15 @@ def main(argv: list[str] | None = None) -> int:
     cpus: dict[str, dict[str, list[float]]] = {m: {s: [] for s in stages} for m in modes}
     steps: dict[str, dict[str, list[float]]] = {m: {} for m in modes}
     load0 = " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    from dream_hpc.stages import shared_arrays
+
+    cow_copy = shared_arrays.private_copy
+    names = list(modes)
     for i, u in enumerate(units):
-        order = ("cold", "hot") if i % 2 == 0 else ("hot", "cold")
+        order = names[i % len(names):] + names[:i % len(names)] if len(names) > 2 else names[::(1 if i % 2 == 0 else -1)]
         for mode in order:
+            # hot_deepcopy: the same cache, every step gets the datamodel's own deep copy instead
+            shared_arrays.private_copy = (lambda m: m.copy()) if mode == "hot_deepcopy" else cow_copy
             ctx = StageContext(cfg=modes[mode], run=runs[mode])
             for stage in stages:
                 t0, c0 = time.perf_counter(), time.process_time()
@@ -94,12 +105,12 @@ def main(argv: list[str] | None = None) -> int:
                     steps[mode].setdefault(f"{stage}.{step}", []).append(s)
         c = hot_references._CACHE
         print(f"  {u.unit_id} ({u.detector}): " + "; ".join(
-            f"{s} cold {walls['cold'][s][-1]:6.2f} s hot {walls['hot'][s][-1]:6.2f} s" for s in stages)
+            f"{s} " + " ".join(f"{m} {walls[m][s][-1]:6.2f} s" for m in names) for s in stages)
             + f"; cache hits {c.hits if c else 0}", flush=True)
     load1 = " ".join(Path("/proc/loadavg").read_text().split()[:3])
     cache = hot_references._CACHE
     held_gb = cache.nbytes / 2**30 if cache else 0.0
-    full_rss, peak_rss = rss_gb(), peak_rss_gb()
+    full_rss, peak_rss, files_gb = rss_gb(), peak_rss_gb(), shared_arrays.held_bytes() / 2**30
     if cache:
         cache.clear()
     import gc
@@ -115,6 +126,12 @@ def main(argv: list[str] | None = None) -> int:
           f"{units[0].subarray} {units[0].readpatt} x {units[0].ngroups}; load {load0} -> {load1}")
     out = {}
     for stage in stages:
+        if "hot_deepcopy" in modes:
+            deep, cold = np.array(walls["hot_deepcopy"][stage]), np.array(walls["cold"][stage])
+            r = deep[warm] / cold[warm]
+            out[f"{stage}_deepcopy"] = {"hot_deepcopy_s": deep.tolist(), "ratio_warm": r.tolist()}
+            print(f"  {stage:9s} hot with a deep copy per step: median {np.median(deep[warm]):6.2f} s, ratio to cold "
+                  f"{np.median(r):.3f} (per unit: {', '.join(f'{x:.2f}' for x in r)})")
         cold = np.array(walls["cold"][stage])
         hot = np.array(walls["hot"][stage])
         ratio = hot[warm] / cold[warm]
@@ -135,11 +152,15 @@ def main(argv: list[str] | None = None) -> int:
                     "clean_flicker_noise", "flat_field"):
             c = np.median(np.array(steps["cold"][key])[warm])
             h = np.median(np.array(steps["hot"][key])[warm])
-            print(f"    {key:32s} {c:6.2f} -> {h:6.2f}")
-    print(f"  memory the hot references cost: {held_gb:.2f} GiB of arrays held ({len(kinds)} kinds); process RSS "
-          f"{full_rss:.2f} GiB with them, {empty_rss:.2f} GiB after emptying the cache (peak RSS of the run, cold "
-          f"and hot in one process: {peak_rss:.2f} GiB)")
-    out.update(held_gb=held_gb, rss_full_gb=full_rss, rss_empty_gb=empty_rss, rss_peak_gb=peak_rss, load=[load0, load1],
+            deep = (f"  (deep copy: {np.median(np.array(steps['hot_deepcopy'][key])[warm]):6.2f})"
+                    if "hot_deepcopy" in steps else "")
+            print(f"    {key:32s} {c:6.2f} -> {h:6.2f}{deep}")
+    print(f"  memory the hot references cost: {held_gb:.2f} GiB of arrays held ({len(kinds)} kinds), of which "
+          f"{files_gb:.2f} GiB in memory files (shared memory: in RSS only where touched); process RSS "
+          f"{full_rss:.2f} GiB with them, {empty_rss:.2f} GiB after emptying the cache (memory files then "
+          f"{shared_arrays.held_bytes() / 2**30:.2f} GiB); peak RSS of the run, all modes in one process: {peak_rss:.2f} GiB")
+    out.update(held_gb=held_gb, memory_files_gb=files_gb, rss_full_gb=full_rss, rss_empty_gb=empty_rss,
+               rss_peak_gb=peak_rss, load=[load0, load1],
                hits=cache.hits if cache else 0, misses=cache.misses if cache else 0)
     (work / "hot_results.json").write_text(json.dumps(out, indent=1))
     print(f"raw figures: {work / 'hot_results.json'}")

@@ -58,6 +58,12 @@ def _to_memory_file(arr: np.ndarray) -> np.ndarray:
     return view
 
 
+def held_bytes() -> int:
+    """Bytes in this process's memory files: what the shared arrays cost (shared memory, counted in a
+    process's RSS only as far as it has touched the pages)."""
+    return sum(os.fstat(fd).st_size for fd in list(_FILES.values()))
+
+
 def is_shared(arr: Any) -> bool:
     return isinstance(arr, np.ndarray) and id(arr) in _FILES
 
