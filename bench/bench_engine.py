@@ -52,6 +52,8 @@ def prepare(config: Path, kit: Path, work: Path) -> Path:
     cfg.setdefault("references", {}).update(crds_path=str(kit / "crds_cache"), mirage_data=str(kit / "mirage_data"))
     catalog = work / "catalog.ecsv"
     cfg.setdefault("catalog", {})["path"] = str(catalog)
+    if "photometry" in cfg["catalog"]:  # its pair goes beside it (a relative path would be shared by work dirs)
+        cfg["catalog"]["photometry"] = str(work / "photometry.fits")
     path = work / "bench.yaml"
     path.write_text(yaml.safe_dump(cfg, sort_keys=False))
     if not catalog.is_file():

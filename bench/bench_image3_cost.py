@@ -78,6 +78,17 @@ def child(config: str, run_root: str, scratch: str, filt: str, unit_ids: list[st
     wanted = set(unit_ids)
     units = [u for u in make_plan(cfg) if u.unit_id in wanted]
     source, run = RunDir(Path(run_root).resolve()), RunDir.create(scratch)
+    # the run's prepared catalog, as the engine's Image3 reads it: without it the stage prepares one for
+    # these units only, which lacks the reference band of a long-wave filter's abs_refcat (F150W for
+    # F277W): tweakreg then had no absolute fit and the long-wave runs measured too cheap
+    from dream_hpc.catalog.prepared import RUN_FILE
+
+    if (source.root / RUN_FILE).is_file() and not (run.root / RUN_FILE).exists():
+        (run.root / RUN_FILE).parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.link(source.root / RUN_FILE, run.root / RUN_FILE)
+        except OSError:
+            shutil.copy2(source.root / RUN_FILE, run.root / RUN_FILE)
     for u in units:
         link = product_path(run, u, "image2")
         if not link.exists():  # a real file: the stage checks that its inputs lie inside the run

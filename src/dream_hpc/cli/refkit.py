@@ -13,6 +13,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         DEFAULT_NGROUPS_MAX,
         DEFAULT_READPATTS,
         DEFAULT_SEED,
+        FLIGHT_DARK_FRAMES,
     )
 
     p = sub.add_parser("refkit", help="offline reference kit (synthetic CRDS cache + MIRAGE_DATA)")
@@ -37,6 +38,11 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--ngroups-max", type=int, default=None, metavar="N",
                    help=f"longest exposure (groups) the darks cover (default: {DEFAULT_NGROUPS_MAX})")
     b.add_argument("--seed", type=int, default=DEFAULT_SEED, help=f"random seed (default: {DEFAULT_SEED})")
+    b.add_argument("--flight-dark-frames", type=int, default=0, metavar="N",
+                   help="write each detector's FULL dark in the flight format: one RAPID dark of N frames (SCI + "
+                        "ERR, ~34 MB a frame) that jwst averages to every read pattern, as flight darks "
+                        f"({FLIGHT_DARK_FRAMES} frames, ~6.3 GB) are; for measuring dark loads (default 0: small "
+                        "readout-matched darks)")
     b.set_defaults(func=_build)
     p.set_defaults(func=lambda _args: p.print_help() or 2)
 
@@ -71,6 +77,6 @@ def _build(args: argparse.Namespace) -> int:
     def say(msg: str) -> None:
         print(f"[refkit] {msg}", flush=True)
 
-    manifest = build(out, seed=args.seed, progress=say, **wanted)
+    manifest = build(out, seed=args.seed, progress=say, flight_dark_frames=args.flight_dark_frames, **wanted)
     print(manifest, file=sys.stdout)
     return 0

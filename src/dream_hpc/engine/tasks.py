@@ -105,8 +105,7 @@ def image3_seconds(units: list[WorkUnit]) -> float:
     try:
         from dream_hpc.plan import cost
 
-        pixels = sum(cost.unit_pixels(u) for u in units)
-        return cost.image3_cost(len(units), pixels, 0.0, cost.exposure_groups(units)).cpu_s
+        return cost.units_image3_cost(units).cpu_s
     except Exception:  # no aperture data: a rough figure only orders tasks and sets a time limit
         return MOSAIC_COST_FRACTION * sum(u.est_cpu_s or DEFAULT_UNIT_COST_S for u in units)
 

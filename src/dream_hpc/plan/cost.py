@@ -45,6 +45,20 @@ What grows how (read in tweakwcs 0.9.3, stcal, jwst 3.0 and confirmed by those n
   and mosaic pixel. The 8x8 grid's outlier step fits 1.0e-6 s per input pixel + 8.3e-8 s per layer pixel.
 - resample, source finding and source_catalog go with the input and mosaic pixels.
 - Source density: at the same inputs the demo's F277W (4x the sources found) cost up to 2x F150W.
+- Sources per input (tweakreg's catalogs, at most its `brightest`): every footprint test that overlaps
+  intersects the polygons tweakreg builds around source catalogs (the expanded reference catalog's and
+  the groups' convex hulls), so its cost grows with the sources: measured with the polygon tally of
+  bench/bench_image3_cost.py on tests/data/small_survey.yaml (SUB400P, 12 inputs per filter, all 66 pairs
+  overlapping, expand_refcat, jwst's abs_refcat fit), polygon CPU per overlapping pair at N = 4/8/12:
+  SW (~22 sources per input) 0.13/0.16/0.23 s, LW (~91) 0.22/0.31/0.41 s, and FULL SW capped at 600
+  (config/demo.yaml) 0.40 s at N = 4: per pair ~ sources^(1/3) (22 -> 91: 1.6-1.9x, 22 -> 600: 3.0x;
+  1/3 is how the vertex count of a convex hull of n scattered points grows, Renyi-Sulanke). The constants
+  above were fitted on ~22-source inputs; IMG3_OVERLAP_PAIR_S x ((s / IMG3_REF_SOURCES)^(1/3) - 1) per
+  overlapping pair adds what more sources cost (0.215 s: the SW runs' polygon CPU per overlapping pair).
+  Which is why the long-wave Image3 of that survey costs 41.3 CPU-s against 28.0 for the short-wave
+  one with the same pixels (the 4.1x sky area of an LW pixel holds 4x the sources), while on FULL frames
+  both filters are capped at `brightest` and cost the same (config/demo.yaml: 57.9 vs 58.6 CPU-s at N=4).
+  Sources per input = min(brightest, IMG3_SOURCES_PER_ARCMIN2 x the input's sky area).
 All points lie within IMG3_FIT_TOLERANCE of the model (the worst: demo F277W N=12 at 1.7x, 64
 inputs on the 8x8 grid at 0.56x, just above the exact-union limit).
 """
@@ -78,6 +92,11 @@ IMG3_FIXED_MB, IMG3_PER_INPUT_PIX_MB = 318.0, 1.27e-5  # jwst imported (a worker
 IMG3_PER_OUTPUT_PIX_MB = 1.73e-4  # mosaic planes, segmentation and background maps (~180 bytes per pixel)
 IMG3_PER_LAYER_PIX_MB = 4.0 / 2**20  # the float32 median stack: 4 bytes per group and mosaic pixel
 IMG3_MOSAIC_PER_INPUT_PIXEL = 0.35  # i2d pixels per input pixel (demo 0.34, FULL 0.33, cosmos-web plan 0.37)
+IMG3_SOURCES_PER_ARCMIN2 = 520.0  # sources found per arcmin^2 of input (the demo surveys' mosaic catalogs: SW 513, LW 535)
+IMG3_REF_SOURCES = 22.0  # sources per input of the runs the constants above were fitted on (SW SUB400P)
+IMG3_OVERLAP_PAIR_S = 0.215  # polygon CPU s per overlapping pair at IMG3_REF_SOURCES (bench polygon tally)
+IMG3_SOURCE_EXPONENT = 1.0 / 3.0  # per-pair polygon cost ~ sources^(1/3)
+TWEAKREG_BRIGHTEST = 200  # jwst's tweakreg `brightest` default: sources kept per input
 IMG3_FIT_TOLERANCE = 1.8  # every measured run lies within this factor of the model (CPU and memory)
 PIXEL_SCALE = {"SHORT": 0.031, "LONG": 0.063}  # arcsec, native (Image3 default output scale)
 
@@ -128,7 +147,15 @@ def annotate(units: list[WorkUnit]) -> None:
         u.est_mem_mb = round(max(c.mem_mb for c in costs.values()), 0)
 
 
-def image3_cost(n_inputs: int, input_pixels: int, output_pixels: float, n_groups: int | None = None) -> StageCost:
+def tweakreg_sources(pixels: float, channel: str, brightest: int | None = None) -> float:
+    """Sources tweakreg works with per input of `pixels` native pixels of `channel` (SHORT | LONG)."""
+    area_arcmin2 = pixels * PIXEL_SCALE[channel] ** 2 / 3600.0
+    cap = TWEAKREG_BRIGHTEST if brightest is None else brightest
+    return float(min(cap, IMG3_SOURCES_PER_ARCMIN2 * area_arcmin2))
+
+
+def image3_cost(n_inputs: int, input_pixels: int, output_pixels: float, n_groups: int | None = None,
+                sources_per_input: float | None = None, overlapping_pairs: float | None = None) -> StageCost:
     """One Image3 over `n_inputs` cal files totalling `input_pixels`, drizzled onto `output_pixels`.
 
     `output_pixels` <= 0 means unknown: IMG3_MOSAIC_PER_INPUT_PIXEL x `input_pixels` is assumed.
@@ -136,6 +163,9 @@ def image3_cost(n_inputs: int, input_pixels: int, output_pixels: float, n_groups
     detection stacks one layer per group, tweakreg aligns groups. Default: one input per exposure,
     as in a one-detector-per-filter survey; with several detectors per exposure pass it, else the
     stack and pair terms are overestimated by up to the detectors per exposure.
+    `sources_per_input` (`tweakreg_sources`; default IMG3_REF_SOURCES, what the constants were fitted
+    on) and `overlapping_pairs` (plan/overlaps.py; default: every pair overlaps) set what more sources
+    add to the footprint tests that overlap.
     """
     n = max(int(n_inputs), 0)
     groups = n if n_groups is None else min(max(int(n_groups), 1), n)
@@ -143,11 +173,28 @@ def image3_cost(n_inputs: int, input_pixels: int, output_pixels: float, n_groups
     layers = groups * mosaic  # pixels of the median stack
     pairs = n * max(groups - 1, 0) / 2.0  # each input's footprint against every other group's
     exact = min(n, IMG3_EXACT_UNION_MAX)
+    sources = IMG3_REF_SOURCES if sources_per_input is None else float(sources_per_input)
+    overlapping = pairs if overlapping_pairs is None else min(float(overlapping_pairs), pairs)
+    more_sources = max(0.0, (sources / IMG3_REF_SOURCES) ** IMG3_SOURCE_EXPONENT - 1.0)
     cpu = (IMG3_FIXED_S + IMG3_PER_INPUT_S * n + IMG3_PER_INPUT_PIX_S * input_pixels + IMG3_PER_LAYER_PIX_S * layers
-           + IMG3_PER_PAIR_S * pairs + IMG3_PER_EXACT_PAIR_S * exact * (exact - 1) / 2.0)
+           + IMG3_PER_PAIR_S * pairs + IMG3_PER_EXACT_PAIR_S * exact * (exact - 1) / 2.0
+           + IMG3_OVERLAP_PAIR_S * more_sources * overlapping)
     mem = (IMG3_FIXED_MB + IMG3_PER_INPUT_PIX_MB * input_pixels + IMG3_PER_OUTPUT_PIX_MB * mosaic
            + IMG3_PER_LAYER_PIX_MB * layers)
     return StageCost(cpu, mem)
+
+
+def units_image3_cost(units: list[WorkUnit], output_pixels: float = 0.0, brightest: int | None = None) -> StageCost:
+    """`image3_cost` of a mosaic over `units`: their pixels, exposure groups, sources per input (mean
+    pixels per input in their channel) and overlapping pairs (plan/overlaps.py)."""
+    from dream_hpc.plan.overlaps import overlapping_pairs
+
+    if not units:
+        return image3_cost(0, 0, output_pixels)
+    pixels = sum(unit_pixels(u) for u in units)
+    sources = tweakreg_sources(pixels / len(units), units[0].channel, brightest)
+    return image3_cost(len(units), pixels, output_pixels, exposure_groups(units), sources,
+                       overlapping_pairs(units))
 
 
 def exposure_groups(units: list[WorkUnit]) -> int:

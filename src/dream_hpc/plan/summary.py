@@ -39,9 +39,10 @@ def summarize(cfg: SurveyConfig, units: list[WorkUnit], node_mem_gb: float = 24.
         f["units"].append(u)
     area = footprint_area_arcsec2(units)
     image3 = {}
+    brightest = (cfg.pipeline.image3.get("tweakreg") or {}).get("brightest")  # None: jwst's default
     for filt, f in sorted(by_filter.items()):
         out_pix = area.get(f["channel"], 0.0) / cost.PIXEL_SCALE[f["channel"]] ** 2
-        c = cost.image3_cost(f["inputs"], f["input_pixels"], out_pix, cost.exposure_groups(f["units"]))
+        c = cost.units_image3_cost(f["units"], out_pix, brightest)
         image3[filt] = {"inputs": f["inputs"], "output_pixels": int(out_pix), "cpu_s": round(c.cpu_s, 1),
                         "mem_mb": round(c.mem_mb)}
     peak_unit = max(peak.values()) if units else 0.0

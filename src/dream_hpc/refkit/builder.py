@@ -31,6 +31,13 @@ DEFAULT_SEED = 20260101
 # Independent dark ramps per detector (white + 1/f noise, hot pixels' shot noise); each unit picks one
 # from its seed. Real Mirage data ships ~5 per detector; 3 keep the kit at ~2.5 GB for two detectors.
 DARK_REALIZATIONS = 3
+# Flight NIRCam FULL darks are RAPID ramps of the longest integration (NFRAMES=1, GROUPGAP=0) that jwst's
+# dark step averages to each exposure's readout: 187 frames, SCI + ERR float32, ~6.3 GB per detector
+# (the seed notes' jwst_nircam_dark_0341.fits reshapes to (187, 2048, 2048)). The default kit writes small
+# readout-matched darks instead; `flight_dark_frames` N > 0 writes the FULL darks in the flight format, to
+# measure what loading such a dark costs (bench/bench_flight_dark.py), never for the CI kit.
+FLIGHT_DARK_FRAMES = 187
+MAX_DARK_FRAMES = 400
 SOFTWARE = ("jwst", "stdatamodels", "stcal", "crds", "mirage", "pysiaf", "numpy", "astropy", "photutils",
             "asdf", "gwcs")
 
@@ -45,6 +52,7 @@ class KitPlan:
     subarrays: dict[str, tuple[nircam.Subarray, ...]]  # detector name -> its subarrays (darks)
     ngroups_max: int
     seed: int
+    flight_dark_frames: int = 0  # > 0: FULL darks as flight-format RAPID darks of this many frames
 
     @property
     def mirage_dark_frames(self) -> int:
@@ -56,11 +64,11 @@ class KitPlan:
                 "filters": sorted({f for fs in self.filters.values() for f in fs}),
                 "readpatts": sorted(self.readpatts),
                 "subarrays": sorted({s.name for ss in self.subarrays.values() for s in ss}),
-                "ngroups_max": self.ngroups_max, "seed": self.seed}
+                "ngroups_max": self.ngroups_max, "seed": self.seed, "flight_dark_frames": self.flight_dark_frames}
 
 
 def plan_kit(detectors: Sequence[str], filters: Sequence[str], readpatts: Sequence[str], ngroups_max: int,
-             seed: int, subarrays: Sequence[str] | None = None) -> KitPlan:
+             seed: int, subarrays: Sequence[str] | None = None, flight_dark_frames: int = 0) -> KitPlan:
     """Check the request before any work; every problem is one line naming the fix."""
     try:
         dets = tuple(dict.fromkeys(nircam.detector(d) for d in detectors))
@@ -90,8 +98,16 @@ def plan_kit(detectors: Sequence[str], filters: Sequence[str], readpatts: Sequen
         raise KitError(f"--ngroups-max {ngroups_max}: give 1 to 200 groups")
     if not 0 <= seed < 2**32:
         raise KitError(f"--seed {seed}: give an integer from 0 to 2**32 - 1")
+    if flight_dark_frames:
+        need = max(nircam.frames_needed(r, ngroups_max) for r in readpatt)
+        if not need <= flight_dark_frames <= MAX_DARK_FRAMES:
+            raise KitError(f"--flight-dark-frames {flight_dark_frames}: give {need} to {MAX_DARK_FRAMES} frames "
+                           f"({need} are what {ngroups_max} groups of {' '.join(sorted(readpatt))} read; flight "
+                           f"darks hold {FLIGHT_DARK_FRAMES}), or 0 for readout-matched darks")
+        if not any(s.name == "FULL" for subs in per_det_sub.values() for s in subs):
+            raise KitError("--flight-dark-frames: flight-format darks are FULL frame; add FULL to --subarrays")
     return KitPlan(detectors=dets, filters=per_det, readpatts=readpatt, subarrays=per_det_sub,
-                   ngroups_max=ngroups_max, seed=seed)
+                   ngroups_max=ngroups_max, seed=seed, flight_dark_frames=flight_dark_frames)
 
 
 def _subarrays(det: nircam.Detector, names: Sequence[str] | None) -> tuple[nircam.Subarray, ...]:
@@ -126,12 +142,13 @@ def _versions() -> dict[str, str]:
 def build(out: str | Path, detectors: Sequence[str] = DEFAULT_DETECTORS, filters: Sequence[str] = DEFAULT_FILTERS,
           readpatts: Sequence[str] = DEFAULT_READPATTS, ngroups_max: int = DEFAULT_NGROUPS_MAX,
           seed: int = DEFAULT_SEED, subarrays: Sequence[str] | None = None,
-          progress: Callable[[str], None] | None = None) -> Path:
+          progress: Callable[[str], None] | None = None, flight_dark_frames: int = 0) -> Path:
     """Build the kit into `out`; returns the manifest path. See dream_hpc.refkit for the layout.
 
     `subarrays` (default: every subarray each detector has) selects the dark references: jwst needs
-    one per subarray."""
-    plan = plan_kit(detectors, filters, readpatts, ngroups_max, seed, subarrays)
+    one per subarray. `flight_dark_frames` N > 0 writes each detector's FULL dark as one flight-format
+    RAPID dark of N frames (see FLIGHT_DARK_FRAMES) serving every read pattern."""
+    plan = plan_kit(detectors, filters, readpatts, ngroups_max, seed, subarrays, flight_dark_frames)
     out = Path(out).resolve()
     _destination(out)
     say = progress or (lambda _msg: None)
@@ -218,7 +235,8 @@ def _write_kit(root: Path, plan: KitPlan, say: Callable[[str], None]) -> None:
             model = make_detector(det, plan.seed, geom.relative_area)
             filters = plan.filters[det.name]
             crds_refs.write_detector_refs(writer, model, geom, {f: nircam.zeropoint(det, f) for f in filters},
-                                          plan.readpatts, plan.ngroups_max, list(plan.subarrays[det.name]))
+                                          plan.readpatts, plan.ngroups_max, list(plan.subarrays[det.name]),
+                                          plan.flight_dark_frames)
             for filt in filters:
                 role(mirage_data.write_psf(mirage_root, det, filt, psfs[filt]),
                      f"mirage gridded PSF library {det.name} {filt}/CLEAR")

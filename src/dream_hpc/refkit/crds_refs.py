@@ -147,8 +147,12 @@ def flat_dq(model: DetectorModel) -> np.ndarray:
 
 
 def write_detector_refs(w: Writer, model: DetectorModel, geometry, zeropoints: dict[str, Zeropoint],
-                        readpatts: dict[str, tuple[int, int]], ngroups_max: int, subarrays: list[Subarray]) -> None:
-    """All per-detector references: Detector1's, distortion, area, photom and one flat per filter."""
+                        readpatts: dict[str, tuple[int, int]], ngroups_max: int, subarrays: list[Subarray],
+                        flight_dark_frames: int = 0) -> None:
+    """All per-detector references: Detector1's, distortion, area, photom and one flat per filter.
+
+    With `flight_dark_frames` N > 0 the FULL dark is one flight-format RAPID dark of N frames
+    (`write_flight_dark`) that every read pattern selects; subarray darks stay readout-matched."""
     from stdatamodels.jwst import datamodels as dm
 
     det = model.det
@@ -186,6 +190,9 @@ def write_detector_refs(w: Writer, model: DetectorModel, geometry, zeropoints: d
 
     # jwst's dark step (unlike the others) does not cut a subarray out of a FULL reference:
     # one dark per read pattern and subarray, cut from the same FULL-frame model.
+    if flight_dark_frames and any(sub.name == "FULL" for sub in subarrays):
+        write_flight_dark(w, model, flight_dark_frames, sorted(readpatts), tag)
+        subarrays = [sub for sub in subarrays if sub.name != "FULL"]
     for readpatt, (nframes, groupgap) in sorted(readpatts.items()):
         full = model.mean_dark_groups(nframes, groupgap, ngroups_max)
         for sub in subarrays:
@@ -229,6 +236,40 @@ def write_detector_refs(w: Writer, model: DetectorModel, geometry, zeropoints: d
         flat.meta.instrument.filter = filt
         flat.meta.instrument.pupil = "CLEAR"
         w.save(flat, "flat", (d, filt, "CLEAR"), detector=det.name, filter=filt)
+
+
+def flight_dark_data(model: DetectorModel, nframes: int) -> np.ndarray:
+    """(nframes, ny, nx) float32: the expected dark signal in RAPID frames 1..nframes."""
+    data = np.empty((nframes, *model.dark_rate.shape), np.float32)
+    for k in range(nframes):
+        data[k] = model.mean_dark_frame(k)
+    return data
+
+
+def write_flight_dark(w: Writer, model: DetectorModel, nframes: int, readpatts: list[str], tag: str) -> RefFile:
+    """The FULL dark in the flight format: RAPID frames 1..N (NFRAMES=1, GROUPGAP=0), SCI and ERR.
+
+    jwst's dark step averages NFRAMES adjacent frames and skips GROUPGAP to match each exposure
+    (stcal dark_sub.average_dark_frames_3d), which gives the readout-matched darks' values (the mean
+    of frames k + 1 is the group's mean frame index; both are the expected dark signal, the noise
+    lives in Mirage's dark ramps). ERR is the uncertainty of that expected signal, 0; it is written
+    (float32, as large as SCI) because flight darks carry it and jwst reads it with the file. One
+    file, selected by every read pattern (flight darks are selected by detector and subarray only)."""
+    from stdatamodels.jwst import datamodels as dm
+
+    det = model.det
+    data = flight_dark_data(model, nframes)
+    dark = dm.DarkModel(data=data, err=np.zeros_like(data))
+    _meta(dark, "dark", det, f"dark DN per frame, RAPID x{nframes}, FULL ({tag})")
+    e = dark.meta.exposure
+    e.readpatt, e.nframes, e.groupgap, e.ngroups, e.nints = "RAPID", 1, 0, nframes, 1
+    ref = w.save(dark, "dark", (det.dms, readpatts[0], "FULL"), detector=det.name, readpatt="RAPID (flight)",
+                 subarray="FULL", frames=str(nframes))
+    del data, dark
+    for readpatt in readpatts[1:]:
+        w.written.append(RefFile(reftype="dark", match=(det.dms, readpatt, "FULL"), path=ref.path,
+                                 describes=dict(ref.describes)))
+    return ref
 
 
 def write_catalog_refs(w: Writer, apcorr: dict[str, list[tuple]], zeropoints: dict[str, list[Zeropoint]]) -> None:

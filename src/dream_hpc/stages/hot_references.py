@@ -10,12 +10,14 @@ Only stpipe's supported way of handing a step its reference is used: the step pa
 `override_<reftype>`, which accepts a DataModel instance (stpipe `is_string_or_datamodel`). The file is
 the one the step itself would pick: the same CRDS call on the same model (`model.get_crds_parameters()`),
 made as the step starts. Two things keep products bit-identical to a cold run:
-  * every step gets its own deep copy of the cached model: jwst writes into some reference arrays
+  * every step gets its own copy of the cached model: jwst writes into some reference arrays
     (stcal's ramp fit scales read noise by the gain in place; dark_sub zeroes NaNs of the dark), so a
-    shared model would carry one unit's changes into the next;
+    shared model would carry one unit's changes into the next. The copy is copy-on-write
+    (stages/shared_arrays.py): its large arrays share the cache's pages until the step writes one,
+    because a deep copy of a flight-size dark costs more than reading it;
   * the copy's class names the CRDS file (`override_handle`), so the product records
     `crds://<file>` in `meta.ref_file` exactly as when the step had opened the file itself.
-A copy in memory costs a fraction of a read (no FITS decode, no byte swap, no schema validation).
+A copy costs a few milliseconds (no FITS read, no fresh pages, no schema validation).
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ import os
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from typing import Any
+
+from dream_hpc.stages import shared_arrays
 
 # reftype -> the stdatamodels class its NIRCam imaging step opens it with
 HOT_REFTYPES = {
@@ -171,7 +175,9 @@ def _serve(cache: ReferenceCache, step: Any, run: Callable[..., Any]) -> Callabl
                     continue
                 cls = _hot_class(HOT_REFTYPES[reftype], "crds://" + os.path.basename(path))
                 model, kept = cache.get(path, cls)
-                setattr(step, attr, model.copy() if kept else model)
+                if kept:  # the cache's model stays pristine: the step gets a copy-on-write copy
+                    model = shared_arrays.private_copy(shared_arrays.share(model))
+                setattr(step, attr, model)
                 set_here.append(attr)
             return run(*args, **kwargs)
         finally:
