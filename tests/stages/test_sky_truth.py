@@ -34,6 +34,7 @@ def test_injected_level_comes_back_and_a_calibration_error_does_not(tmp_path: Pa
     # a 5% gain or units error common to every exposure: invisible to sky matching, caught here
     off = sky_truth.check([(_cal(tmp_path / f"b{i}_cal.fits", 0.23 * 1.05, i), truth) for i in range(3)])
     assert off is not None and not off["passed"] and off["median_ratio"] == pytest.approx(1.05, abs=0.005)
+    assert good["judged"] and not sky_truth.check([(tmp_path / "a0_cal.fits", truth)], judged=False)["judged"]
     assert sky_truth.check([(tmp_path / "missing_cal.fits", truth)]) is None
     picked = sky_truth.sample(list(range(4864)))
     assert len(picked) == sky_truth.MAX_EXPOSURES and picked[0] == 0 and picked[-1] == 4863
