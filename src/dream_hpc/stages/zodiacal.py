@@ -165,13 +165,13 @@ def band_radiance_mjy_sr(filt: str, module: str, pupil: str = "CLEAR") -> float:
 
 def mjy_sr_to_adu_s(detector: str, filt: str, mjy_sr: float, pupil: str = "CLEAR") -> float:
     """Surface brightness -> count rate per pixel of the nominal area, with Mirage's PHOTFNU (refkit's PHOTMJSR)."""
-    from dream_hpc.refkit.distortion import nominal_area_arcsec2
+    from dream_hpc.refkit.distortion import ARCSEC2_TO_SR, nominal_area_arcsec2
     from dream_hpc.refkit.nircam import detector as nircam_detector
     from dream_hpc.refkit.nircam import zeropoint
     from dream_hpc.refkit.photometry import photmjsr
 
     det = nircam_detector(detector)
-    area_sr = nominal_area_arcsec2(det) * (math.pi / 180.0 / 3600.0) ** 2
+    area_sr = nominal_area_arcsec2(det) * ARCSEC2_TO_SR
     return mjy_sr / photmjsr(zeropoint(det, filt, pupil), area_sr)
 
 
